@@ -1,0 +1,55 @@
+"""MiniAgents: multi-agent systems on trio/anyio structured concurrency.
+
+Agents are ``async def`` functions decorated with :func:`miniagent`; they read ``ctx.messages`` and
+``ctx.reply(...)``.  Messages are immutable; promises stream and replay.  Every call runs in a task group
+supervised by the :class:`MiniAgents` context, on trio or asyncio.
+"""
+
+from miniagents._agents import AgentCall, InteractionContext, MiniAgent, miniagent
+from miniagents._buffer import BufferStatistics
+from miniagents._chain import AWAIT, CLEAR, achain_loop
+from miniagents._context import ContextStatistics, MiniAgents
+from miniagents._exceptions import (
+    AgentCallCancelledError,
+    MiniAgentsError,
+    NoActiveContextError,
+    SequenceClosedError,
+    StopLoop,
+)
+from miniagents._frozen import FrozenDict
+from miniagents._messages import ErrorMessage, Message, TextMessage
+from miniagents._promises import MessagePromise, MessageWriter, Promise, StreamedPromise, StreamWriter
+from miniagents._sequence import MessageSequencePromise, MessageSequenceWriter, MessageType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AWAIT",
+    "CLEAR",
+    "AgentCall",
+    "AgentCallCancelledError",
+    "BufferStatistics",
+    "ContextStatistics",
+    "ErrorMessage",
+    "FrozenDict",
+    "InteractionContext",
+    "Message",
+    "MessagePromise",
+    "MessageSequencePromise",
+    "MessageSequenceWriter",
+    "MessageType",
+    "MessageWriter",
+    "MiniAgent",
+    "MiniAgents",
+    "MiniAgentsError",
+    "NoActiveContextError",
+    "Promise",
+    "SequenceClosedError",
+    "StopLoop",
+    "StreamWriter",
+    "StreamedPromise",
+    "TextMessage",
+    "__version__",
+    "achain_loop",
+    "miniagent",
+]

@@ -1,0 +1,467 @@
+"""Agents and their calls: :func:`miniagent`, :class:`MiniAgent`, :class:`AgentCall`, :class:`InteractionContext`.
+
+One call of an agent is one task, a child of whoever started it (the calling agent's call, or the
+``MiniAgents`` context), running the agent function inside the call's own task group.  That task group also
+holds the call's children: tasks from ``ctx.start_soon``, the calls the agent starts, and the pumps that
+flatten its replies.  Hence:
+
+* the reply sequence ends only after the agent function returned and every child finished;
+* cancelling a call (``AgentCall.cancel()``, or any scope around it) cancels all of its children;
+* a failure anywhere in the call (the agent function, a child task, a reply source) cancels the rest of the
+  call; the replies that were available by then reach consumers, then the error.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import anyio
+
+from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError
+from miniagents._frozen import FrozenDict, freeze_kwargs
+from miniagents._messages import ErrorMessage
+from miniagents._scope import current_owner
+from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
+
+if TYPE_CHECKING:
+    from miniagents._context import MiniAgents
+    from miniagents._promises import MessageWriter
+    from miniagents._scope import TaskOwner
+
+AgentFunction = Callable[..., Coroutine[Any, Any, None]]
+_F = TypeVar("_F", bound=AgentFunction)
+
+_NOTE_PREFIX = "miniagents: "
+_call_ids = itertools.count(1)
+
+
+class MiniAgent:
+    """An agent: an ``async def f(ctx, **kwargs)`` plus its alias, description and default kwargs.
+
+    Agents are immutable and stateless; every :meth:`inquire` or :meth:`initiate_call` is a new call.  Create
+    them with :func:`miniagent`.
+    """
+
+    __slots__ = ("_accepts_any_kwargs", "_known_kwargs", "_required_kwargs", "alias", "default_kwargs",
+                 "description", "func")
+
+    func: AgentFunction
+    alias: str
+    description: str | None
+    default_kwargs: FrozenDict[str, Any]
+
+    def __init__(
+        self,
+        func: AgentFunction,
+        *,
+        alias: str | None = None,
+        description: str | None = None,
+        **default_kwargs: Any,
+    ) -> None:
+        if not callable(func) or not _is_async_function(func):
+            raise TypeError(
+                f"@miniagent needs an `async def` function taking (ctx, **kwargs); got {func!r}, which is not "
+                "a coroutine function"
+            )
+        self.func = func
+        self.alias = alias if alias is not None else getattr(func, "__name__", type(func).__name__)
+        self.description = description if description is not None else inspect.getdoc(func)
+        self.default_kwargs = freeze_kwargs(default_kwargs)
+        self._inspect_signature()
+        unknown = self._unknown(self.default_kwargs)
+        if unknown:
+            raise TypeError(f"agent {self.alias!r} does not accept default kwargs {unknown}")
+
+    def _inspect_signature(self) -> None:
+        try:
+            parameters = list(inspect.signature(self.func).parameters.values())
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            self._accepts_any_kwargs, self._known_kwargs, self._required_kwargs = True, frozenset(), frozenset()
+            return
+        if not parameters or parameters[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise TypeError(f"agent {self.alias!r}: the function must take the InteractionContext as first argument")
+        rest = parameters[1:]
+        self._accepts_any_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
+        self._known_kwargs = frozenset(
+            p.name for p in rest if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        )
+        self._required_kwargs = frozenset(
+            p.name
+            for p in rest
+            if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        )
+
+    def _unknown(self, kwargs: FrozenDict[str, Any]) -> list[str]:
+        if self._accepts_any_kwargs:
+            return []
+        return sorted(name for name in kwargs if name not in self._known_kwargs)
+
+    def _call_kwargs(self, kwargs: dict[str, Any]) -> FrozenDict[str, Any]:
+        frozen = freeze_kwargs(kwargs)
+        merged = self.default_kwargs | frozen if self.default_kwargs else frozen
+        if not self._accepts_any_kwargs:
+            unknown = self._unknown(frozen)
+            if unknown:
+                raise TypeError(f"agent {self.alias!r} got unexpected kwargs {unknown}")
+            missing = sorted(self._required_kwargs.difference(merged))
+            if missing:
+                raise TypeError(f"agent {self.alias!r} is missing required kwargs {missing}")
+        return merged
+
+    def initiate_call(self, **kwargs: Any) -> AgentCall:
+        """Start a call soon and return it, with its input open for :meth:`AgentCall.send`.
+
+        *kwargs* are frozen now (later mutation of the caller's objects changes nothing) and merged over the
+        agent's default kwargs.
+
+        Raises:
+            TypeError: a kwarg cannot be frozen (the message names its path), is unknown to the agent
+                function, or a required one is missing (the message names the agent).
+            NoActiveContextError: no ``MiniAgents`` context is active.
+
+        """
+        context, owner = current_owner(f"calling agent {self.alias!r}")
+        return AgentCall(self, self._call_kwargs(kwargs), context, owner)
+
+    def inquire(self, messages: MessageType | None = None, **kwargs: Any) -> MessageSequencePromise:
+        """Start a call soon with *messages* as its whole input and return its replies (no await needed)."""
+        call = self.initiate_call(**kwargs)
+        if messages is not None:
+            call.send(messages)
+        return call.reply_sequence()
+
+    def fork(self, alias: str | None = None, description: str | None = None, **kwargs: Any) -> MiniAgent:
+        """Return a variant of this agent with more default kwargs (and optionally a new alias/description)."""
+        return MiniAgent(
+            self.func,
+            alias=alias if alias is not None else self.alias,
+            description=description if description is not None else self.description,
+            **{**self.default_kwargs, **kwargs},
+        )
+
+    def __repr__(self) -> str:
+        return f"<MiniAgent {self.alias!r}>"
+
+
+def _is_async_function(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
+@overload
+def miniagent(func: AgentFunction, /) -> MiniAgent: ...
+
+
+@overload
+def miniagent(
+    *, alias: str | None = None, description: str | None = None, **default_kwargs: Any
+) -> Callable[[AgentFunction], MiniAgent]: ...
+
+
+def miniagent(
+    func: AgentFunction | None = None,
+    /,
+    *,
+    alias: str | None = None,
+    description: str | None = None,
+    **default_kwargs: Any,
+) -> MiniAgent | Callable[[AgentFunction], MiniAgent]:
+    """Turn ``async def f(ctx: InteractionContext, **kwargs)`` into a :class:`MiniAgent`.
+
+    Use it bare (``@miniagent``) or with options (``@miniagent(alias="x", description="...", **defaults)``).
+    The alias defaults to the function name and the description to its docstring.
+
+    Raises:
+        TypeError: *func* is not an ``async def`` function (or an object with an ``async def __call__``).
+
+    """
+    if func is not None:
+        return MiniAgent(func, alias=alias, description=description, **default_kwargs)
+
+    def decorate(f: AgentFunction) -> MiniAgent:
+        return MiniAgent(f, alias=alias, description=description, **default_kwargs)
+
+    return decorate
+
+
+class InteractionContext:
+    """What an agent function receives: its input, its kwargs, and the ways to reply and to start children."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: AgentCall) -> None:
+        self._call = call
+
+    @property
+    def messages(self) -> MessageSequencePromise:
+        """The call's input; iterate it (or await it) to read what the caller sent."""
+        return self._call._input_sequence
+
+    @property
+    def agent(self) -> MiniAgent:
+        """The agent being called."""
+        return self._call.agent
+
+    @property
+    def kwargs(self) -> FrozenDict[str, Any]:
+        """The call's kwargs (frozen, defaults merged)."""
+        return self._call.kwargs
+
+    @property
+    def call(self) -> AgentCall:
+        """The call this context belongs to."""
+        return self._call
+
+    def reply(self, messages: MessageType) -> None:
+        """Reply *messages*, in order after the previous replies; consumers see them as they become available.
+
+        Never blocks: what is ready is delivered at once, the rest is pumped by a child task of this call.
+        """
+        try:
+            self._call._replies.send(messages)
+        except SequenceClosedError:
+            raise SequenceClosedError(f"agent {self._call.agent.alias!r} replied after its call finished") from None
+
+    def reply_out_of_order(self, messages: MessageType) -> None:
+        """Reply *messages* as soon as they are available, ahead of ordered replies that are not ready yet.
+
+        Items of one ``reply_out_of_order`` keep their order among themselves; items available at the same
+        moment reach consumers in the order they were sent.
+        """
+        try:
+            self._call._replies.send_out_of_order(messages)
+        except SequenceClosedError:
+            raise SequenceClosedError(f"agent {self._call.agent.alias!r} replied after its call finished") from None
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``fn(*args)`` as a child task of this call.
+
+        The call's replies end only after the child finished; an exception in the child fails the call (like
+        an exception in the agent function); cancelling the call cancels the child.
+        """
+        self._call.start_child(fn, *args)
+
+
+class AgentCall:
+    """One call of an agent, for full-duplex use (see :meth:`MiniAgent.initiate_call`).
+
+    ``send()`` adds input (chainable), ``finish()`` closes the input, ``reply_sequence()`` returns the replies
+    (finishing the input by default), ``cancel()`` cancels the call and its children.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cancel_scope",
+        "_ctx",
+        "_failure",
+        "_initiator",
+        "_input",
+        "_input_sequence",
+        "_open_calls",
+        "_replies",
+        "_reply_sequence",
+        "_tg",
+        "_writers",
+        "accepts_children",
+        "agent",
+        "call_id",
+        "context",
+        "kwargs",
+        "parent",
+    )
+
+    def __init__(
+        self, agent: MiniAgent, kwargs: FrozenDict[str, Any], context: MiniAgents, owner: TaskOwner
+    ) -> None:
+        self.agent = agent
+        self.kwargs = kwargs
+        self.context = context
+        self.call_id = next(_call_ids)
+        self.parent: AgentCall | None = owner if isinstance(owner, AgentCall) else None
+        self.accepts_children = False
+        self._initiator = owner
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cancel_scope = anyio.CancelScope()
+        self._failure: BaseException | None = None
+        self._writers: set[MessageWriter] | None = None
+        self._open_calls: dict[AgentCall, None] | None = None
+        self._ctx = InteractionContext(self)
+
+        self._input = SequenceBuilder(context, owner)
+        self._input.on_pump_error = self._input.fail
+        self._input.on_pump_cancelled = self._input.fail
+        self._input_sequence = MessageSequencePromise._from_buffer(self._input.buffer)
+        self._replies = SequenceBuilder(context, self)
+        self._replies.on_pump_error = self._fail
+        self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
+
+        owner.register_open_call(self)
+        owner.spawn(self._run)
+
+    # -- the caller's side ----------------------------------------------------------------------------------
+    def send(self, messages: MessageType) -> AgentCall:
+        """Send *messages* to the call's input (flattened, in order); return the call for chaining."""
+        try:
+            self._input.send(messages)
+        except SequenceClosedError:
+            raise SequenceClosedError(f"the input of the call to agent {self.agent.alias!r} is already finished") from None
+        return self
+
+    def finish(self) -> None:
+        """Finish the input: nothing more will be sent.  Idempotent."""
+        self._input.finish()
+        self._initiator.forget_open_call(self)
+
+    def reply_sequence(self, finish_call: bool = True) -> MessageSequencePromise:
+        """Return the replies; by default also :meth:`finish` the input (``finish_call=False`` for full duplex)."""
+        if finish_call:
+            self.finish()
+        return self._reply_sequence
+
+    def cancel(self) -> None:
+        """Cancel the call and its children.  Consumers get the replies made so far, then
+        :class:`AgentCallCancelledError`."""
+        self._cancel_scope.cancel()
+
+    @property
+    def done(self) -> bool:
+        """Whether the call has finished (its reply sequence is complete)."""
+        return self._replies.buffer.done
+
+    def __repr__(self) -> str:
+        return f"<AgentCall #{self.call_id} of {self.agent.alias!r}{' done' if self.done else ''}>"
+
+    # -- TaskOwner ------------------------------------------------------------------------------------------
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start an internal child task (pumps, sub-calls); falls back to the context once the call ended."""
+        tg = self._tg
+        if tg is not None and self.accepts_children:
+            tg.start_soon(fn, *args)
+        else:
+            self.context.spawn(fn, *args)
+
+    def register_open_call(self, call: AgentCall) -> None:
+        """Remember a call this call started whose input is still open (finished when this agent returns)."""
+        if self._open_calls is None:
+            self._open_calls = {}
+        self._open_calls[call] = None
+
+    def forget_open_call(self, call: AgentCall) -> None:
+        """Forget *call* once its input is finished."""
+        if self._open_calls is not None:
+            self._open_calls.pop(call, None)
+
+    def track_writer(self, writer: MessageWriter) -> None:
+        """Remember an open message writer, failed if still open when the call ends."""
+        if self._writers is None:
+            self._writers = set()
+        self._writers.add(writer)
+
+    def untrack_writer(self, writer: MessageWriter) -> None:
+        """Forget a writer that finished or failed."""
+        if self._writers is not None:
+            self._writers.discard(writer)
+
+    def start_child(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a user child task; its exception fails the call."""
+        if not self.accepts_children or self._tg is None:
+            raise MiniAgentsError(f"the call to agent {self.agent.alias!r} has finished; it cannot start tasks")
+        self._tg.start_soon(self._guard_child, fn, args)
+
+    async def _guard_child(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:  # noqa: BLE001 - it fails the call, which reports it to consumers
+            self._fail(exc)
+
+    # -- running --------------------------------------------------------------------------------------------
+    def chain(self) -> list[str]:
+        """The aliases of the calls that led to this one, outermost first, ending with this agent."""
+        aliases: list[str] = []
+        call: AgentCall | None = self
+        while call is not None:
+            aliases.append(call.agent.alias)
+            call = call.parent
+        aliases.reverse()
+        return aliases
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+            _annotate(error, self)
+        tg = self._tg
+        if tg is not None:
+            tg.cancel_scope.cancel()
+
+    async def _run(self) -> None:
+        from miniagents._scope import current_call  # noqa: PLC0415 - tiny import, keeps the hot path flat
+
+        current_call.set(self)
+        completed = False
+        try:
+            with self._cancel_scope:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self.accepts_children = True
+                    try:
+                        await self.agent.func(self._ctx, **self.kwargs)
+                    except Exception as exc:  # noqa: BLE001 - delivered to the consumers of the replies
+                        self._fail(exc)
+                    finally:
+                        self._finish_open_calls()
+            completed = not self._cancel_scope.cancelled_caught
+        finally:
+            self.accepts_children = False
+            self._tg = None
+            self._conclude(cancelled=not completed)
+
+    def _finish_open_calls(self) -> None:
+        open_calls = self._open_calls
+        if open_calls:
+            for call in list(open_calls):
+                call.finish()
+
+    def _conclude(self, *, cancelled: bool) -> None:
+        """Close the reply sequence: the outcome, after salvaging what the replies had ready."""
+        if self._writers:
+            for writer in list(self._writers):
+                writer.fail(AgentCallCancelledError(f"agent {self.agent.alias!r} ended without finishing this message"))
+        replies = self._replies
+        failure = self._failure
+        if failure is not None and not (cancelled and isinstance(failure, AgentCallCancelledError)):
+            if self.context.errors_as_messages:
+                replies.salvage()
+                replies._append(  # noqa: SLF001 - the builder is this call's own
+                    ErrorMessage(
+                        content=f"{type(failure).__name__}: {failure}",
+                        error_type=type(failure).__name__,
+                        agent_alias=self.agent.alias,
+                    )
+                )
+                replies.buffer.close()
+            else:
+                replies.fail(failure)
+        elif cancelled:
+            replies.fail(AgentCallCancelledError(f"the call to agent {self.agent.alias!r} was cancelled"))
+        else:
+            replies.buffer.close()
+
+
+def _annotate(error: BaseException, call: AgentCall) -> None:
+    notes = getattr(error, "__notes__", None)
+    if notes and any(isinstance(n, str) and n.startswith(_NOTE_PREFIX) for n in notes):
+        return
+    note = f"{_NOTE_PREFIX}raised in agent {call.agent.alias!r} (call chain: {' -> '.join(call.chain())})"
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        error.__notes__ = [*(notes or ()), note]  # type: ignore[attr-defined]

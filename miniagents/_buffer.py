@@ -1,0 +1,153 @@
+"""The replayable buffer behind every promise.
+
+A :class:`ReplayBuffer` is a single-producer, many-consumer memory channel that never forgets: the producer
+appends pieces and finally closes it (optionally with an error); each consumer keeps its own cursor and replays
+from the first piece, so a consumer that arrives late sees exactly what an early one saw.  The buffer is the
+only copy of streamed data.
+
+Concurrency notes:
+
+* Appending and closing are synchronous and never block: producers are never slowed down by consumers.
+* Reading a piece that is already buffered does not checkpoint (no scheduling round trip per piece); a consumer
+  only suspends when it has caught up with the producer.  Waiting uses one lazily created ``anyio.Event`` that
+  is shared by every waiting consumer and replaced after each wake-up.
+* Cancelling a waiting consumer affects nobody else: the buffer has no per-consumer state.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
+
+import anyio
+import attrs
+
+from miniagents._exceptions import AgentCallCancelledError, StopLoop
+
+if TYPE_CHECKING:
+    from miniagents._context import ErrorLedger
+
+P = TypeVar("P")
+
+
+@attrs.frozen
+class BufferStatistics:
+    """A snapshot of a buffer's state, from :meth:`ReplayBuffer.statistics`."""
+
+    pieces: int
+    done: bool
+    failed: bool
+    waiting_consumers: bool
+
+
+class ReplayBuffer(Generic[P]):
+    """A replayable, append-only channel of pieces (see the module docstring)."""
+
+    __slots__ = ("__weakref__", "_event", "_ledger", "_tb", "done", "error", "observed_error", "pieces")
+
+    pieces: list[P]
+    done: bool
+    error: BaseException | None
+    observed_error: BaseException | None
+
+    def __init__(self, ledger: ErrorLedger | None = None) -> None:
+        self.pieces = []
+        self.done = False
+        self.error = None
+        self.observed_error = None
+        self._tb: TracebackType | None = None
+        self._event: anyio.Event | None = None
+        self._ledger = ledger
+
+    def append(self, piece: P) -> None:
+        """Add one piece and wake waiting consumers.  Must not be called after :meth:`close`."""
+        self.pieces.append(piece)
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    def close(self, error: BaseException | None = None) -> bool:
+        """Finish the buffer, optionally with *error*; return ``False`` if it was already closed.
+
+        A failure (anything but a cancellation) is recorded in the owning context's error ledger, so it is
+        raised when the ``MiniAgents`` block exits unless some consumer observes it first.
+        """
+        if self.done:
+            return False
+        self.done = True
+        if error is not None:
+            self.error = error
+            self._tb = error.__traceback__
+            if self._ledger is not None and not isinstance(error, (AgentCallCancelledError, StopLoop)):
+                self._ledger.record(self)
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+        return True
+
+    def raise_error(self) -> NoReturn:
+        """Raise the error the buffer was closed with, marking it observed."""
+        error = self.error
+        assert error is not None
+        self.observed_error = error
+        raise error.with_traceback(self._tb)
+
+    async def wait_beyond(self, count: int) -> None:
+        """Wait until there are more than *count* pieces or the buffer is closed."""
+        while len(self.pieces) <= count and not self.done:
+            event = self._event
+            if event is None:
+                event = self._event = anyio.Event()
+            await event.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the buffer is closed."""
+        while not self.done:
+            event = self._event
+            if event is None:
+                event = self._event = anyio.Event()
+            await event.wait()
+
+    @property
+    def unobserved_error(self) -> BaseException | None:
+        """The error the buffer failed with, if no consumer has had it raised yet."""
+        error = self.error
+        return error if error is not None and self.observed_error is not error else None
+
+    def statistics(self) -> BufferStatistics:
+        """Return a snapshot of the buffer's state, for introspection and tests."""
+        return BufferStatistics(
+            pieces=len(self.pieces),
+            done=self.done,
+            failed=self.error is not None,
+            waiting_consumers=self._event is not None,
+        )
+
+
+class BufferIterator(Generic[P]):
+    """One consumer's cursor over a :class:`ReplayBuffer`, starting at the first piece."""
+
+    __slots__ = ("_buffer", "_index")
+
+    def __init__(self, buffer: ReplayBuffer[P], start: int = 0) -> None:
+        self._buffer = buffer
+        self._index = start
+
+    def __aiter__(self) -> BufferIterator[P]:
+        return self
+
+    async def __anext__(self) -> P:
+        buffer = self._buffer
+        index = self._index
+        while True:
+            pieces = buffer.pieces
+            if index < len(pieces):
+                self._index = index + 1
+                return pieces[index]
+            if buffer.done:
+                if buffer.error is not None:
+                    buffer.raise_error()
+                raise StopAsyncIteration
+            await buffer.wait_beyond(index)

@@ -1,0 +1,337 @@
+"""The ``MiniAgents`` context: the nursery that supervises every call, persistence and the error ledger.
+
+``async with MiniAgents():`` opens two nested task groups in the current task:
+
+* the *calls* group holds every call started outside an agent (calls started inside an agent are children of
+  that agent's call), plus pumps that feed those calls;
+* the *service* group, around it, holds the persistence worker.
+
+Leaving the block finishes every call input that is still open (a forgotten ``finish()`` never hangs the
+block), waits for the calls, drains persistence, closes shared resources, and finally raises the errors that no
+consumer observed.  Cancelling the block (or a scope around it) cancels everything it started.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from contextlib import AsyncExitStack
+from contextvars import Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+import attrs
+
+from miniagents._exceptions import MiniAgentsError, NoActiveContextError
+from miniagents._messages import Message
+from miniagents._scope import current_call, current_context
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
+
+if TYPE_CHECKING:
+    from miniagents._agents import AgentCall
+    from miniagents._buffer import ReplayBuffer
+
+T = TypeVar("T")
+PersistHandler = Callable[[Message], "Awaitable[None] | None"]
+
+_NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents block exited"
+
+
+class ErrorLedger:
+    """Failures that happened in a context, so that none is lost: raised at exit unless observed."""
+
+    __slots__ = ("_buffers", "_errors")
+
+    def __init__(self) -> None:
+        self._buffers: list[ReplayBuffer[Any]] = []
+        self._errors: list[BaseException] = []
+
+    def record(self, buffer: ReplayBuffer[Any]) -> None:
+        """Remember a buffer that failed; its error counts until a consumer has it raised."""
+        buffers = self._buffers
+        buffers.append(buffer)
+        if len(buffers) >= 256 and len(buffers) & 255 == 0:  # forget observed failures now and then
+            buffers[:] = [b for b in buffers if b.unobserved_error is not None]
+
+    def record_error(self, error: BaseException) -> None:
+        """Remember an error nobody can observe (e.g. from a persistence handler)."""
+        self._errors.append(error)
+
+    def unobserved(self) -> list[BaseException]:
+        """Errors not observed by any consumer, each once, in the order they happened."""
+        seen: set[int] = set()
+        result: list[BaseException] = []
+        for error in [*(b.unobserved_error for b in self._buffers), *self._errors]:
+            if error is not None and id(error) not in seen:
+                seen.add(id(error))
+                result.append(error)
+        return result
+
+
+@attrs.frozen
+class ContextStatistics:
+    """A snapshot of a context's state, from :meth:`MiniAgents.statistics`."""
+
+    active: bool
+    open_inputs: int
+    persisted_messages: int
+    pending_persistence: int
+    unobserved_errors: int
+
+
+class MiniAgents:
+    """The context every agent call runs in: ``async with MiniAgents():`` or ``MiniAgents().run(main())``.
+
+    Args:
+        on_persist_message: a handler, or a list of handlers, called exactly once per distinct message (by
+            ``hash_key``) produced or sent in this context, nested messages before the message that holds
+            them.  Handlers may be plain or ``async`` functions of one message; they run one message at a time
+            in a worker task, off the agents' path.  A handler's exception is raised when the block exits.
+        errors_as_messages: deliver an agent's exception to its consumers as an
+            :class:`~miniagents.ErrorMessage` (``"ValueError: boom"``) instead of raising it.
+
+    Contexts may nest; the innermost active one is used.  Works inside any trio or asyncio program.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_persist_message: PersistHandler | Iterable[PersistHandler] | None = None,
+        errors_as_messages: bool = False,
+    ) -> None:
+        if on_persist_message is None:
+            handlers: list[PersistHandler] = []
+        elif callable(on_persist_message):
+            handlers = [on_persist_message]
+        else:
+            handlers = list(on_persist_message)
+        for handler in handlers:
+            if not callable(handler):
+                raise TypeError(f"on_persist_message handlers must be callables, got {handler!r}")
+        self._handlers = handlers
+        self.errors_as_messages = errors_as_messages
+        self.ledger = ErrorLedger()
+        self._active = False
+        self._stack: AsyncExitStack | None = None
+        self._calls_tg: anyio.abc.TaskGroup | None = None
+        self._open_calls: dict[AgentCall, None] = {}
+        self._seen: set[str] = set()
+        self._persist_queue: deque[Message] = deque()
+        self._persist_event: anyio.Event | None = None
+        self._persist_closing = False
+        self._persisted = 0
+        self._resources: dict[Hashable, tuple[Any, Callable[[Any], Awaitable[None]] | None]] = {}
+        self._tokens: tuple[Token[MiniAgents | None], Token[AgentCall | None]] | None = None
+
+    # -- public helpers -------------------------------------------------------------------------------------
+    @classmethod
+    def current(cls) -> MiniAgents:
+        """Return the innermost active context.  Raises :class:`NoActiveContextError` when there is none."""
+        context = current_context.get()
+        if context is None:
+            raise NoActiveContextError("no MiniAgents context is active")
+        return context
+
+    def on_persist_message(self, handler: PersistHandler) -> PersistHandler:
+        """Register *handler* (decorator form of the ``on_persist_message=`` option); returns it unchanged."""
+        if not callable(handler):
+            raise TypeError(f"on_persist_message handlers must be callables, got {handler!r}")
+        self._handlers.append(handler)
+        return handler
+
+    @property
+    def persists(self) -> bool:
+        """Whether any persistence handler is registered."""
+        return bool(self._handlers)
+
+    def shared_resource(
+        self, key: Hashable, factory: Callable[[], T], *, aclose: Callable[[T], Awaitable[None]] | None = None
+    ) -> T:
+        """Return the object stored under *key*, creating it with *factory* on first use.
+
+        ``await aclose(obj)`` runs when the context exits, after every call finished (in reverse order of
+        creation), even when the block is cancelled.  Use it for pooled clients shared by all calls.
+        """
+        entry = self._resources.get(key)
+        if entry is None:
+            if not self._active:
+                raise NoActiveContextError("shared_resource() needs the MiniAgents context to be active")
+            value = factory()
+            self._resources[key] = (value, aclose)
+            return value
+        return entry[0]  # type: ignore[no-any-return]
+
+    def statistics(self) -> ContextStatistics:
+        """Return a snapshot of the context's state, for introspection and tests."""
+        return ContextStatistics(
+            active=self._active,
+            open_inputs=len(self._open_calls),
+            persisted_messages=self._persisted,
+            pending_persistence=len(self._persist_queue),
+            unobserved_errors=len(self.ledger.unobserved()),
+        )
+
+    # -- TaskOwner ------------------------------------------------------------------------------------------
+    accepts_children = True
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start an internal task in the calls group."""
+        tg = self._calls_tg
+        if tg is None:
+            raise NoActiveContextError("this MiniAgents context is not active")
+        tg.start_soon(fn, *args)
+
+    def register_open_call(self, call: AgentCall) -> None:
+        """Remember a call whose input is open (finished when the block exits)."""
+        self._open_calls[call] = None
+
+    def forget_open_call(self, call: AgentCall) -> None:
+        """Forget a call whose input was finished."""
+        self._open_calls.pop(call, None)
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def persist(self, message: Message) -> None:
+        """Queue *message* (and, first, the messages nested in it) for the handlers, once per hash key."""
+        if not self._handlers:
+            return
+        key = message.hash_key
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        for sub in message.sub_messages():
+            self.persist(sub)
+        self._persist_queue.append(message)
+        event = self._persist_event
+        if event is not None:
+            self._persist_event = None
+            event.set()
+
+    async def _persistence_worker(self) -> None:
+        queue = self._persist_queue
+        while True:
+            while queue:
+                message = queue.popleft()
+                for handler in self._handlers:
+                    try:
+                        result = handler(message)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception as exc:  # noqa: BLE001 - reported at exit, never swallowed
+                        name = getattr(handler, "__qualname__", repr(handler))
+                        _add_note(exc, f"miniagents: in on_persist_message handler {name} "
+                                       f"for message {message.hash_key[:12]}")
+                        self.ledger.record_error(exc)
+                self._persisted += 1
+            if self._persist_closing:
+                return
+            event = self._persist_event = anyio.Event()
+            await event.wait()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def __aenter__(self) -> MiniAgents:
+        if self._active:
+            raise MiniAgentsError("this MiniAgents context is already active")
+        self.ledger = ErrorLedger()
+        self._seen = set()
+        self._persist_closing = False
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            service_tg = await stack.enter_async_context(anyio.create_task_group())
+            service_tg.start_soon(self._persistence_worker)
+            stack.push_async_callback(self._after_calls)
+            self._calls_tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._finish_open_inputs)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._active = True
+        self._tokens = (current_context.set(self), current_call.set(None))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        stack = self._stack
+        assert stack is not None and self._tokens is not None
+        raised: BaseException | None = exc
+        try:
+            try:
+                if await stack.__aexit__(exc_type, exc, tb):
+                    raised = None
+            except BaseException as new:  # noqa: BLE001 - merged with the unobserved errors below
+                raised = new
+        finally:
+            context_token, call_token = self._tokens
+            current_context.reset(context_token)
+            current_call.reset(call_token)
+            self._tokens = None
+            self._stack = None
+            self._calls_tg = None
+            self._active = False
+        errors = [e for e in self.ledger.unobserved() if e is not raised]
+        if not errors:
+            if raised is not None and raised is not exc:
+                raise raised
+            return raised is None and exc is not None
+        for error in errors:
+            _add_note(error, _NOTE)
+        if raised is None:
+            if len(errors) == 1:
+                raise errors[0]
+            raise ExceptionGroup("errors in agents that no consumer observed", errors)  # type: ignore[type-var]
+        raise BaseExceptionGroup("errors in agents that no consumer observed", [raised, *errors])
+
+    def _finish_open_inputs(self) -> None:
+        for call in list(self._open_calls):
+            call.finish()
+
+    async def _after_calls(self) -> None:
+        self._persist_closing = True
+        event = self._persist_event
+        if event is not None:
+            self._persist_event = None
+            event.set()
+        resources = list(self._resources.values())
+        self._resources.clear()
+        with anyio.CancelScope(shield=True):
+            for value, aclose in reversed(resources):
+                if aclose is not None:
+                    await aclose(value)
+
+    def run(
+        self,
+        main: Coroutine[Any, Any, T] | Callable[[], Awaitable[T]],
+        *,
+        backend: Literal["trio", "asyncio"] = "trio",
+        backend_options: dict[str, Any] | None = None,
+    ) -> T:
+        """Run *main* (a coroutine, or an async function of no arguments) inside this context.
+
+        Starts an event loop with anyio: trio by default, ``backend="asyncio"`` on request.  Returns what
+        *main* returns.
+        """
+
+        async def runner() -> T:
+            async with self:
+                if inspect.isawaitable(main):
+                    return await main
+                return await main()
+
+        return anyio.run(runner, backend=backend, backend_options=backend_options)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    notes = getattr(error, "__notes__", None)
+    if notes and note in notes:
+        return
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        error.__notes__ = [*(notes or ()), note]  # type: ignore[attr-defined]

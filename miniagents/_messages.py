@@ -1,0 +1,386 @@
+"""Immutable messages: :class:`Message`, :class:`TextMessage`, :class:`ErrorMessage`.
+
+A message is a frozen attrs class.  ``content`` is always a ``str``; any other field is either declared by a
+subclass (the attrs way) or passed as an extra keyword to :class:`Message` itself.  Every field value is deeply
+frozen at construction (see :func:`miniagents._frozen.freeze`), which is what lets many agents share one message
+object concurrently without copies.
+
+Identity: ``msg.hash_key`` is a SHA-256 over the canonical JSON of ``msg.to_dict()``; it depends only on the
+class and the field values, so it is the same in every process and across restarts (persistence keys on it).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import enum
+import hashlib
+import importlib
+import json
+import keyword
+import math
+import pathlib
+import sys
+import uuid
+from collections.abc import AsyncIterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from miniagents._frozen import EMPTY, FrozenDict, freeze
+
+if TYPE_CHECKING:
+    from miniagents._promises import MessagePromise
+
+_M = TypeVar("_M", bound="Message")
+
+_CLASS_KEY = "class"
+_TAG = "$t"
+_BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache"})
+_REGISTRY: dict[str, type[Message]] = {}
+_DECLARED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def class_path(cls: type) -> str:
+    """Return ``"module:QualName"``, the name under which a message class is serialised."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+@attrs.frozen(kw_only=True, init=False, repr=False)
+class Message:
+    """An immutable message.
+
+    ``Message(content="hi", role="user", tags=["a"])`` keeps ``role`` and ``tags`` as extra fields, reachable
+    as attributes (``msg.tags == ("a",)``).  Subclasses declare typed fields the attrs way::
+
+        @attrs.frozen(kw_only=True)
+        class Note(Message):
+            priority: int = 0
+
+    Guarantees: values are deeply frozen (``dict`` → :class:`FrozenDict`, ``list`` → ``tuple``, ``set`` →
+    ``frozenset``) and later mutation of the caller's objects changes nothing; a value that cannot be frozen
+    raises ``TypeError`` naming its field path; ``str(msg)`` is ``msg.content``; equal messages of the same class
+    have equal :attr:`hash_key`.
+    """
+
+    content: str = ""
+    _extra: FrozenDict[str, Any] = attrs.field(default=EMPTY, alias="extra", repr=False)
+    _hash_key_cache: str | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
+
+    def __init__(self, *, content: str = "", **extra: Any) -> None:
+        if extra:
+            cls = type(self)
+            for name in extra:
+                _check_extra_name(cls, name)
+            frozen = FrozenDict({name: freeze(value, name) for name, value in extra.items()})
+        else:
+            frozen = EMPTY
+        self.__attrs_init__(content=content, extra=frozen)  # type: ignore[attr-defined]
+
+    def __attrs_post_init__(self) -> None:
+        if type(self.content) is not str:
+            if not isinstance(self.content, str):
+                raise TypeError(
+                    f"{type(self).__name__}.content must be str, got {type(self.content).__name__}"
+                )
+            object.__setattr__(self, "content", str(self.content))
+        declared = _DECLARED_FIELDS.get(type(self))
+        if declared is None:
+            declared = _declared_fields(type(self))
+        for name in declared:
+            value = getattr(self, name)
+            frozen = freeze(value, name)
+            if frozen is not value:
+                object.__setattr__(self, name, frozen)
+        if self._extra and type(self).__init__ is not Message.__init__:  # type: ignore[misc]
+            # A subclass with an attrs-generated __init__ got ``extra=`` as a plain mapping.
+            extras = FrozenDict({n: freeze(v, n) for n, v in dict(self._extra).items()})
+            for name in extras:
+                _check_extra_name(type(self), name)
+            object.__setattr__(self, "_extra", extras)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[class_path(cls)] = cls
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: extra fields live in ``_extra``.
+        try:
+            extra = object.__getattribute__(self, "_extra")
+        except AttributeError:
+            raise AttributeError(name) from None
+        try:
+            return extra[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} message has no field {name!r}") from None
+
+    def __str__(self) -> str:
+        return self.content
+
+    def __repr__(self) -> str:
+        parts = [f"content={self.content!r}"]
+        parts.extend(f"{name}={getattr(self, name)!r}" for name in _declared_fields(type(self)))
+        parts.extend(f"{name}={value!r}" for name, value in self._extra.items())
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def extra_fields(self) -> FrozenDict[str, Any]:
+        """The fields given as extra keywords (not declared by the class)."""
+        return self._extra
+
+    def fields(self) -> FrozenDict[str, Any]:
+        """All fields (``content``, declared, extra) by name, in that order."""
+        data: dict[str, Any] = {"content": self.content}
+        for name in _declared_fields(type(self)):
+            data[name] = getattr(self, name)
+        data.update(self._extra)
+        return FrozenDict(data)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Return field *name*, or *default* when the message has no such field."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            return default
+
+    def sub_messages(self) -> Iterator[Message]:
+        """Yield the messages nested in this message's fields (not recursively into them), in field order."""
+        for value in self.fields().values():
+            yield from _iter_messages(value)
+
+    @property
+    def hash_key(self) -> str:
+        """A stable SHA-256 hex digest of the class and field values (same in every process)."""
+        key = self._hash_key_cache
+        if key is None:
+            canonical = json.dumps(
+                self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+            key = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_hash_key_cache", key)
+        return key
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe ``dict`` from which :meth:`from_dict` restores an equal message.
+
+        Plain JSON values stay as they are; other values (tuples become lists, and ``bytes``, dates, UUIDs,
+        decimals, enums, paths, frozensets, non-string-keyed mappings and nested messages) are tagged objects
+        ``{"$t": <type>, ...}``.
+        """
+        data: dict[str, Any] = {_CLASS_KEY: class_path(type(self))}
+        for name, value in self.fields().items():
+            data[name] = _encode(value)
+        return data
+
+    @classmethod
+    def from_dict(cls: type[_M], data: dict[str, Any]) -> _M:
+        """Restore a message from :meth:`to_dict` output, as the class it names.
+
+        Raises:
+            ValueError: the class is unknown or not a subclass of *cls*.
+
+        """
+        data = dict(data)
+        path = data.pop(_CLASS_KEY, None)
+        target: type[Message] = cls if path is None else _resolve_class(path)
+        if not issubclass(target, cls):
+            raise ValueError(f"{path!r} is not a {cls.__name__} subclass")
+        values = {name: _decode(value) for name, value in data.items()}
+        content = values.pop("content", "")
+        return build_message(target, content, values)  # type: ignore[return-value]
+
+    @classmethod
+    def stream(cls, tokens: AsyncIterable[str], /, **fields: Any) -> MessagePromise:
+        """Return a :class:`MessagePromise` whose tokens stream from *tokens* while they are produced.
+
+        *tokens* is pumped by a child task of the current agent call (or of the current :class:`MiniAgents`
+        context outside any call).  The promise resolves to ``cls(content="".join(tokens), **fields)``.
+
+        Raises:
+            TypeError: at once, when *tokens* is not an async iterable (e.g. a ``str`` or a list); later, in
+                the promise, when it yields something other than ``str``.
+
+        """
+        from miniagents._promises import MessagePromise  # noqa: PLC0415 - promises build on messages
+
+        return MessagePromise.from_token_stream(tokens, message_class=cls, **fields)
+
+
+@attrs.frozen(kw_only=True, init=False, repr=False)
+class TextMessage(Message):
+    """A message whose meaning is its text; what a ``str`` reply becomes."""
+
+
+@attrs.frozen(kw_only=True, init=False, repr=False)
+class ErrorMessage(Message):
+    """An agent failure delivered as a message (``errors_as_messages=True``): content ``"ValueError: boom"``."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def build_message(cls: type[_M], content: str, fields: dict[str, Any]) -> _M:
+    """Construct ``cls`` from *content* and a mix of declared and extra *fields*.
+
+    :class:`Message`'s own ``__init__`` takes extras as keywords; subclasses with an attrs-generated
+    ``__init__`` take declared fields as keywords and the rest as ``extra=``.
+    """
+    if cls.__init__ is Message.__init__:  # type: ignore[misc]
+        return cls(content=content, **fields)
+    declared = _declared_fields(cls)
+    own = {k: v for k, v in fields.items() if k in declared}
+    if len(own) != len(fields):
+        own["extra"] = {k: v for k, v in fields.items() if k not in own}
+    return cls(content=content, **own)
+
+
+def _declared_fields(cls: type[Message]) -> tuple[str, ...]:
+    names = _DECLARED_FIELDS.get(cls)
+    if names is None:
+        names = tuple(a.name for a in attrs.fields(cls) if a.name not in _BASE_FIELDS)
+        _DECLARED_FIELDS[cls] = names
+    return names
+
+
+def _check_extra_name(cls: type[Message], name: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise TypeError(f"{cls.__name__}: {name!r} is not a valid field name")
+    if hasattr(cls, name):
+        raise TypeError(f"{cls.__name__}: field {name!r} would shadow {cls.__name__}.{name}")
+
+
+def _iter_messages(value: Any) -> Iterator[Message]:
+    if isinstance(value, Message):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _iter_messages(item)
+    elif isinstance(value, FrozenDict):
+        for item in value.values():
+            yield from _iter_messages(item)
+    elif isinstance(value, frozenset):
+        for item in sorted(value, key=_canonical):
+            yield from _iter_messages(item)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(_encode(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encode(value: Any) -> Any:  # noqa: PLR0911 - one branch per supported type
+    if value is None or isinstance(value, (str, bool, int)) and not isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, FrozenDict):
+        if all(type(k) is str for k in value) and _TAG not in value:
+            return {k: _encode(v) for k, v in value.items()}
+        return {_TAG: "dict", "v": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    if isinstance(value, Message):
+        return {_TAG: "message", "v": value.to_dict()}
+    if isinstance(value, frozenset):
+        return {_TAG: "frozenset", "v": sorted((_encode(v) for v in value), key=_json_sort_key)}
+    if isinstance(value, bytes):
+        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, enum.Enum):
+        return {_TAG: "enum", "cls": class_path(type(value)), "v": _encode(value.value)}
+    if isinstance(value, datetime.datetime):
+        return {_TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {_TAG: "date", "v": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {_TAG: "time", "v": value.isoformat()}
+    if isinstance(value, datetime.timedelta):
+        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, uuid.UUID):
+        return {_TAG: "uuid", "v": str(value)}
+    if isinstance(value, decimal.Decimal):
+        return {_TAG: "decimal", "v": str(value)}
+    if isinstance(value, pathlib.PurePath):
+        return {_TAG: "path", "cls": type(value).__name__, "v": str(value)}
+    raise TypeError(f"cannot serialise a value of type {type(value).__name__}")  # pragma: no cover
+
+
+def _json_sort_key(encoded: Any) -> str:
+    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_PATH_CLASSES: dict[str, type[pathlib.PurePath]] = {
+    c.__name__: c
+    for c in (
+        pathlib.Path,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+    )
+}
+
+
+def _decode(value: Any) -> Any:  # noqa: PLR0911 - one branch per tag
+    if isinstance(value, list):
+        return tuple(_decode(v) for v in value)
+    if not isinstance(value, dict):
+        return value
+    tag = value.get(_TAG)
+    if tag is None:
+        return FrozenDict({k: _decode(v) for k, v in value.items()})
+    v = value.get("v")
+    if tag == "float":
+        return float(v)
+    if tag == "dict":
+        return FrozenDict({_decode(k): _decode(item) for k, item in v})
+    if tag == "message":
+        return Message.from_dict(v)
+    if tag == "frozenset":
+        return frozenset(_decode(item) for item in v)
+    if tag == "bytes":
+        return base64.b64decode(v)
+    if tag == "enum":
+        enum_cls = _import_qualified(value["cls"])
+        if not (isinstance(enum_cls, type) and issubclass(enum_cls, enum.Enum)):
+            raise ValueError(f"{value['cls']!r} is not an Enum class")
+        return enum_cls(_decode(v))
+    if tag == "datetime":
+        return datetime.datetime.fromisoformat(v)
+    if tag == "date":
+        return datetime.date.fromisoformat(v)
+    if tag == "time":
+        return datetime.time.fromisoformat(v)
+    if tag == "timedelta":
+        return datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
+    if tag == "uuid":
+        return uuid.UUID(v)
+    if tag == "decimal":
+        return decimal.Decimal(v)
+    if tag == "path":
+        return _PATH_CLASSES.get(value["cls"], pathlib.PurePath)(v)
+    raise ValueError(f"unknown tagged value {tag!r}")
+
+
+def _import_qualified(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resolve_class(path: str) -> type[Message]:
+    cls = _REGISTRY.get(path)
+    if cls is None:
+        try:
+            _import_qualified(path)
+        except (ImportError, AttributeError, ValueError):
+            raise ValueError(f"unknown message class {path!r}") from None
+        cls = _REGISTRY.get(path)
+        if cls is None:
+            raise ValueError(f"{path!r} is not a Message class")
+    return cls
+
+
+_REGISTRY[class_path(Message)] = Message

@@ -1,0 +1,465 @@
+"""Message sequences: :class:`MessageSequencePromise` and the flattening that feeds it.
+
+Anything an agent replies or a caller sends is a ``MessageType``: a ``str``, a mapping, a
+:class:`~miniagents.Message`, a :class:`~miniagents.MessagePromise`, a :class:`MessageSequencePromise`, or any
+(async) iterable of those, nested arbitrarily.  :class:`SequenceBuilder` flattens such values into one replay
+buffer of messages, in order:
+
+* The synchronous part of a value (strings, mappings, messages, message promises, sequences that are already
+  complete, plain iterables of those) is appended at once, in the caller's task, with no task switch.
+* The first part that is not ready yet (an async iterable, a sequence still streaming) and everything after it
+  is handed to one *ordered pump* task, so ordered items keep their order whatever the timing.
+* Out-of-order items skip the queue: their ready part is appended at once, the rest gets a pump of its own.
+
+Pumps are children of the builder's owner (an agent call or the ``MiniAgents`` context).  A pump error is
+reported to the owner; the builder itself never raises into a task group.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
+
+import anyio
+
+from miniagents._buffer import ReplayBuffer
+from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
+from miniagents._messages import Message, TextMessage
+from miniagents._promises import MessagePromise, StreamedPromise
+
+if TYPE_CHECKING:
+    from miniagents._context import MiniAgents
+    from miniagents._scope import TaskOwner
+
+#: What can be sent or replied: nested arbitrarily, flattened in order.
+MessageType: TypeAlias = Union[
+    str,
+    Mapping[str, Any],
+    Message,
+    MessagePromise,
+    "MessageSequencePromise",
+    Iterable["MessageType"],
+    AsyncIterable["MessageType"],
+]
+
+Item: TypeAlias = Union[Message, MessagePromise]
+
+_DONE: Any = object()
+
+
+class _Continuation:
+    """A sequence that was partly copied synchronously: the rest starts at ``offset``."""
+
+    __slots__ = ("offset", "sequence")
+
+    def __init__(self, sequence: MessageSequencePromise, offset: int) -> None:
+        self.sequence = sequence
+        self.offset = offset
+
+
+class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
+    """An ordered, replayable stream of messages (an agent's replies, a call's input).
+
+    * ``async for message in seq`` yields each :class:`~miniagents.Message`, resolved, in order; every
+      iteration replays from the first message, for late consumers too.
+    * ``seq.promises()`` yields a :class:`~miniagents.MessagePromise` per message as soon as it starts, for
+      token streaming.
+    * ``await seq`` gives ``tuple[Message, ...]``; ``await seq.as_single_text()`` joins the contents.
+
+    An error in the producer reaches every consumer after the messages produced before it.
+    """
+
+    __slots__ = ()
+
+    _buffer: ReplayBuffer[Item]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "MessageSequencePromise objects come from agent calls (agent.inquire(), ctx.messages) "
+            "or MessageSequencePromise.open()"
+        )
+
+    @classmethod
+    def _from_buffer(cls, buffer: ReplayBuffer[Item]) -> MessageSequencePromise:
+        seq = cls.__new__(cls)
+        seq._buffer = buffer
+        seq._resolver = tuple
+        seq._whole = None
+        return seq
+
+    @classmethod
+    def open(cls) -> tuple[MessageSequencePromise, MessageSequenceWriter]:
+        """Return a new sequence and its writer; async parts are pumped by the current call or context."""
+        from miniagents._scope import current_owner  # noqa: PLC0415
+
+        context, owner = current_owner("MessageSequencePromise.open()")
+        builder = SequenceBuilder(context, owner)
+        builder.on_pump_error = builder.fail
+        builder.on_pump_cancelled = builder.fail
+        return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder)
+
+    @classmethod
+    def resolved(cls, messages: Iterable[Message]) -> MessageSequencePromise:
+        """Return a complete sequence of *messages* (no context needed)."""
+        buffer: ReplayBuffer[Item] = ReplayBuffer()
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"expected Message, got {type(message).__name__}")
+            buffer.pieces.append(message)
+        buffer.close()
+        return cls._from_buffer(buffer)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return _MessageIterator(self._buffer)
+
+    def promises(self) -> AsyncIterator[MessagePromise]:
+        """Yield a :class:`MessagePromise` per message, as soon as each message starts."""
+        return _PromiseIterator(self._buffer)
+
+    def __await__(self) -> Generator[Any, None, tuple[Message, ...]]:
+        return self._await_all().__await__()
+
+    async def _await_all(self) -> tuple[Message, ...]:
+        whole = self._whole
+        if whole is not None:
+            return whole  # type: ignore[no-any-return]
+        messages = [message async for message in _MessageIterator(self._buffer)]
+        result = tuple(messages)
+        self._whole = result
+        return result
+
+    async def as_single_text(self, separator: str = "\n\n") -> str:
+        """Wait for every message and return their contents joined by *separator*."""
+        return separator.join(message.content for message in await self)
+
+    def __repr__(self) -> str:
+        stats = self._buffer.statistics()
+        state = "failed" if stats.failed else ("done" if stats.done else "open")
+        return f"<MessageSequencePromise {state}, {stats.pieces} messages>"
+
+
+class _MessageIterator:
+    __slots__ = ("_buffer", "_index")
+
+    def __init__(self, buffer: ReplayBuffer[Item]) -> None:
+        self._buffer = buffer
+        self._index = 0
+
+    def __aiter__(self) -> _MessageIterator:
+        return self
+
+    async def __anext__(self) -> Message:
+        buffer = self._buffer
+        index = self._index
+        while True:
+            pieces = buffer.pieces
+            if index < len(pieces):
+                self._index = index + 1
+                item = pieces[index]
+                if isinstance(item, MessagePromise):
+                    message = item._message
+                    if message is None:
+                        try:
+                            message = await item
+                        except Exception as exc:
+                            # The consumer observed the failure through this sequence.
+                            buffer.observed_error = exc
+                            raise
+                    return message
+                return item
+            if buffer.done:
+                if buffer.error is not None:
+                    buffer.raise_error()
+                raise StopAsyncIteration
+            await buffer.wait_beyond(index)
+
+
+class _PromiseIterator:
+    __slots__ = ("_buffer", "_index")
+
+    def __init__(self, buffer: ReplayBuffer[Item]) -> None:
+        self._buffer = buffer
+        self._index = 0
+
+    def __aiter__(self) -> _PromiseIterator:
+        return self
+
+    async def __anext__(self) -> MessagePromise:
+        buffer = self._buffer
+        index = self._index
+        while True:
+            pieces = buffer.pieces
+            if index < len(pieces):
+                self._index = index + 1
+                item = pieces[index]
+                if isinstance(item, MessagePromise):
+                    return item
+                return MessagePromise.resolved(item)
+            if buffer.done:
+                if buffer.error is not None:
+                    buffer.raise_error()
+                raise StopAsyncIteration
+            await buffer.wait_beyond(index)
+
+
+class MessageSequenceWriter:
+    """The producer side of :meth:`MessageSequencePromise.open`: ordered and out-of-order sends, then finish."""
+
+    __slots__ = ("_builder",)
+
+    def __init__(self, builder: SequenceBuilder) -> None:
+        self._builder = builder
+
+    def send(self, messages: MessageType) -> None:
+        """Append *messages* (flattened) after everything sent before."""
+        self._builder.send(messages)
+
+    def send_out_of_order(self, messages: MessageType) -> None:
+        """Append *messages* as soon as they are available, ahead of ordered items that are not."""
+        self._builder.send_out_of_order(messages)
+
+    def finish(self) -> None:
+        """Close the sequence once everything sent so far has been appended."""
+        self._builder.finish()
+
+    def fail(self, error: BaseException) -> None:
+        """Close the sequence with *error* after the messages available now."""
+        self._builder.fail(error)
+
+
+def _ignore_error(error: BaseException) -> None:  # pragma: no cover - replaced by every owner
+    del error
+
+
+class SequenceBuilder:
+    """Flattens ``MessageType`` values into a :class:`ReplayBuffer` (see the module docstring).
+
+    ``on_pump_error(error)`` is called when a pump fails (an async source raised, a forwarded sequence
+    failed); ``on_pump_cancelled(error)`` when a pump was cancelled before it finished.  The owner decides what
+    that means: an agent call fails; a plain sequence fails itself.
+    """
+
+    __slots__ = (
+        "_finishing",
+        "_oo_units",
+        "_ordered",
+        "_ordered_running",
+        "_owner",
+        "_persist",
+        "_pumps",
+        "buffer",
+        "on_pump_cancelled",
+        "on_pump_error",
+    )
+
+    def __init__(self, context: MiniAgents | None, owner: TaskOwner | None) -> None:
+        self.buffer: ReplayBuffer[Item] = ReplayBuffer(None if context is None else context.ledger)
+        self._owner = owner
+        self._persist: Callable[[Message], None] | None = (
+            context.persist if context is not None and context.persists else None
+        )
+        self._ordered: deque[list[Iterator[Any]]] = deque()
+        self._ordered_running = False
+        self._oo_units: list[list[Iterator[Any]]] = []
+        self._pumps = 0
+        self._finishing = False
+        self.on_pump_error: Callable[[BaseException], None] = _ignore_error
+        self.on_pump_cancelled: Callable[[BaseException], None] = _ignore_error
+
+    # -- sending --------------------------------------------------------------------------------------------
+    def send(self, messages: MessageType) -> None:
+        """Append *messages* in order (ready parts now, the rest through the ordered pump)."""
+        if self.buffer.done or self._finishing:
+            raise SequenceClosedError("cannot send to a sequence that is already finished")
+        if self._ordered_running:
+            self._ordered.append([iter((messages,))])
+            return
+        stack: list[Iterator[Any]] = [iter((messages,))]
+        head = self._flatten_ready(stack)
+        if head is not _DONE:
+            stack.append(iter((head,)))
+            self._ordered.append(stack)
+            self._ordered_running = True
+            self._start_pump(self._run_ordered)
+
+    def send_out_of_order(self, messages: MessageType) -> None:
+        """Append the ready part of *messages* now and the rest as soon as it is available."""
+        if self.buffer.done or self._finishing:
+            raise SequenceClosedError("cannot send to a sequence that is already finished")
+        stack: list[Iterator[Any]] = [iter((messages,))]
+        head = self._flatten_ready(stack)
+        if head is not _DONE:
+            stack.append(iter((head,)))
+            self._oo_units.append(stack)
+            self._start_pump(self._run_out_of_order, stack)
+
+    def finish(self) -> None:
+        """Close the buffer once every pending item has been appended (at once if none is pending)."""
+        self._finishing = True
+        if self._pumps == 0:
+            self.buffer.close()
+
+    def fail(self, error: BaseException) -> None:
+        """Close the buffer with *error*, after salvaging every pending item that is available right now."""
+        if self.buffer.done:
+            return
+        self.salvage()
+        self._finishing = True
+        self.buffer.close(error)
+
+    @property
+    def pending(self) -> bool:
+        """Whether items are still waiting to be appended."""
+        return self._pumps > 0
+
+    # -- flattening -----------------------------------------------------------------------------------------
+    def _append(self, item: Item) -> None:
+        self.buffer.append(item)
+        persist = self._persist
+        if persist is not None:
+            if isinstance(item, Message):
+                persist(item)
+            else:
+                item.add_done_callback(persist)
+
+    def _flatten_ready(self, stack: list[Iterator[Any]]) -> Any:
+        """Append items from *stack* until one is not ready; return it (or ``_DONE``).
+
+        The stack of iterators keeps its position, so flattening resumes right after the returned item.
+        """
+        append = self._append
+        while stack:
+            for item in stack[-1]:
+                cls = type(item)
+                if cls is str:
+                    append(TextMessage(content=item))
+                elif cls is TextMessage or isinstance(item, (Message, MessagePromise)):
+                    append(item)
+                elif isinstance(item, MessageSequencePromise):
+                    buffer = item._buffer
+                    pieces = buffer.pieces
+                    for piece in pieces:
+                        append(piece)
+                    if not buffer.done or buffer.error is not None:
+                        return _Continuation(item, len(pieces))
+                elif isinstance(item, _Continuation):
+                    return item
+                elif isinstance(item, str):
+                    append(TextMessage(content=str(item)))
+                elif isinstance(item, Mapping):
+                    append(_message_from_mapping(item))
+                elif isinstance(item, AsyncIterable):
+                    return item
+                elif isinstance(item, Iterable) and not isinstance(item, (bytes, bytearray)):
+                    stack.append(iter(tuple(item)))
+                    break
+                else:
+                    raise TypeError(
+                        f"cannot send a value of type {cls.__module__}.{cls.__qualname__} as a message "
+                        "(expected str, Message, a mapping of message fields, MessagePromise, "
+                        "MessageSequencePromise, or an (async) iterable of those)"
+                    )
+            else:
+                stack.pop()
+        return _DONE
+
+    async def _drain(self, head: Any) -> None:
+        """Append everything *head* (an async item returned by :meth:`_flatten_ready`) produces."""
+        if isinstance(head, _Continuation):
+            buffer = head.sequence._buffer
+            index = head.offset
+            while True:
+                pieces = buffer.pieces
+                while index < len(pieces):
+                    self._append(pieces[index])
+                    index += 1
+                    head.offset = index
+                if buffer.done:
+                    if buffer.error is not None:
+                        buffer.raise_error()
+                    return
+                await buffer.wait_beyond(index)
+        async for value in head:
+            await self._feed([iter((value,))])
+
+    async def _feed(self, stack: list[Iterator[Any]]) -> None:
+        while True:
+            head = self._flatten_ready(stack)
+            if head is _DONE:
+                return
+            # Keep the head on the stack while it drains, so salvage() can still reach what it buffered.
+            stack.append(iter((head,)))
+            await self._drain(head)
+            stack.pop()
+
+    # -- pumps ----------------------------------------------------------------------------------------------
+    def _start_pump(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        owner = self._owner
+        if owner is None:  # pragma: no cover - only resolved sequences have no owner, and they never pump
+            raise SequenceClosedError("this sequence cannot receive messages that are not ready")
+        self._pumps += 1
+        owner.spawn(self._guard, fn, *args)
+
+    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except anyio.get_cancelled_exc_class():
+            self._pump_ended()
+            self.on_pump_cancelled(AgentCallCancelledError("a message source was cancelled before it finished"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - routed to the owner, which decides
+            self._pump_ended()
+            self.on_pump_error(exc)
+        else:
+            self._pump_ended()
+
+    def _pump_ended(self) -> None:
+        self._pumps -= 1
+        if self._pumps == 0 and self._finishing:
+            self.buffer.close()
+
+    async def _run_ordered(self) -> None:
+        queue = self._ordered
+        try:
+            while queue:
+                await self._feed(queue[0])
+                queue.popleft()
+        finally:
+            self._ordered_running = False
+
+    async def _run_out_of_order(self, stack: list[Iterator[Any]]) -> None:
+        try:
+            await self._feed(stack)
+        finally:
+            self._oo_units.remove(stack)
+
+    def salvage(self) -> None:
+        """Append what is available right now from every pending item, skipping what is not.
+
+        Used when a producer fails or is cancelled: replies made before the failure must not be lost.
+        """
+        units = [*self._oo_units, *self._ordered]
+        self._oo_units.clear()
+        self._ordered.clear()
+        for stack in units:
+            while True:
+                try:
+                    head = self._flatten_ready(stack)
+                except Exception:  # noqa: BLE001 - a broken iterable yields nothing more
+                    break
+                if head is _DONE:
+                    break
+                if isinstance(head, _Continuation):
+                    pieces = head.sequence._buffer.pieces
+                    for piece in pieces[head.offset :]:
+                        self._append(piece)
+
+
+def _message_from_mapping(data: Mapping[str, Any]) -> Message:
+    fields = dict(data)
+    for key in fields:
+        if not isinstance(key, str):
+            raise TypeError(f"a message mapping needs str keys, got {type(key).__name__}: {key!r}")
+    content = fields.pop("content", "")
+    return Message(content=content, **fields)
