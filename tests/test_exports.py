@@ -1,0 +1,61 @@
+"""The public surface is pinned: names exported from `miniagents` (and the original import path)."""
+
+from __future__ import annotations
+
+import miniagents
+import miniagents.miniagents as legacy
+
+PUBLIC = {
+    "AWAIT",
+    "CLEAR",
+    "AgentCall",
+    "AgentCallCancelledError",
+    "BufferStatistics",
+    "ContextStatistics",
+    "ErrorMessage",
+    "FrozenDict",
+    "InteractionContext",
+    "Message",
+    "MessagePromise",
+    "MessageSequencePromise",
+    "MessageSequenceWriter",
+    "MessageType",
+    "MessageWriter",
+    "MiniAgent",
+    "MiniAgents",
+    "MiniAgentsError",
+    "NoActiveContextError",
+    "Promise",
+    "SequenceClosedError",
+    "StopLoop",
+    "StreamWriter",
+    "StreamedPromise",
+    "TextMessage",
+    "__version__",
+    "achain_loop",
+    "miniagent",
+}
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert set(miniagents.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert hasattr(miniagents, name), name
+
+
+def test_public_classes_claim_the_public_module() -> None:
+    # Everything is importable from the package root; nothing public lives only in a private module.
+    for name in PUBLIC - {"__version__", "AWAIT", "CLEAR", "MessageType"}:
+        obj = getattr(miniagents, name)
+        assert getattr(obj, "__doc__", None), f"{name} needs a docstring"
+
+
+def test_original_import_path_still_works() -> None:
+    for name in PUBLIC - {"__version__"}:
+        assert getattr(legacy, name) is getattr(miniagents, name)
+
+
+def test_package_is_typed() -> None:
+    from importlib.resources import files
+
+    assert files("miniagents").joinpath("py.typed").is_file()
