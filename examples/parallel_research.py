@@ -87,8 +87,10 @@ async def main(topics: int) -> None:
         # A late consumer replays the whole sequence from the first message; it is the same sequence.
         replayed = [str(message) for message in await replies]
         print(f"\nReplayed {len(replayed)} messages for a late consumer; all {topics} researchers worked in")
-        print(f"parallel: {elapsed:.2f}s in all, while their think times add up to "
-              f"{sum(think_seconds(i, topics) for i in range(topics)):.2f}s.")
+        print(
+            f"parallel: {elapsed:.2f}s in all, while their think times add up to "
+            f"{sum(think_seconds(i, topics) for i in range(topics)):.2f}s."
+        )
 
 
 if __name__ == "__main__":

@@ -46,10 +46,20 @@ class MiniAgent:
     them with :func:`miniagent`.
     """
 
-    __slots__ = ("_accepts_any_kwargs", "_known_kwargs", "_required_kwargs", "alias", "default_kwargs",
-                 "description", "func")
+    __slots__ = (
+        "_accepts_any_kwargs",
+        "_known_kwargs",
+        "_required_kwargs",
+        "alias",
+        "default_kwargs",
+        "description",
+        "func",
+    )
 
     func: AgentFunction
+    _accepts_any_kwargs: bool
+    _known_kwargs: frozenset[str]
+    _required_kwargs: frozenset[str]
     alias: str
     description: str | None
     default_kwargs: FrozenDict[str, Any]
@@ -80,17 +90,22 @@ class MiniAgent:
         try:
             parameters = list(inspect.signature(self.func).parameters.values())
         except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-            self._accepts_any_kwargs, self._known_kwargs, self._required_kwargs = True, frozenset(), frozenset()
+            self._accepts_any_kwargs = True
+            self._known_kwargs = self._required_kwargs = frozenset()
             return
         if not parameters or parameters[0].kind not in (
             inspect.Parameter.POSITIONAL_ONLY,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         ):
-            raise TypeError(f"agent {self.alias!r}: the function must take the InteractionContext as first argument")
+            raise TypeError(
+                f"agent {self.alias!r}: the function must take the InteractionContext as first argument"
+            )
         rest = parameters[1:]
         self._accepts_any_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
         self._known_kwargs = frozenset(
-            p.name for p in rest if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            p.name
+            for p in rest
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         )
         self._required_kwargs = frozenset(
             p.name
@@ -154,7 +169,10 @@ class MiniAgent:
 def _is_async_function(func: Any) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(type(func), "__call__", None)  # noqa: B004 - an object whose __call__ is `async def`
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 @overload
@@ -229,7 +247,9 @@ class InteractionContext:
         try:
             self._call._replies.send(messages)
         except SequenceClosedError:
-            raise SequenceClosedError(f"agent {self._call.agent.alias!r} replied after its call finished") from None
+            raise SequenceClosedError(
+                f"agent {self._call.agent.alias!r} replied after its call finished"
+            ) from None
 
     def reply_out_of_order(self, messages: MessageType) -> None:
         """Reply *messages* as soon as they are available, ahead of ordered replies that are not ready yet.
@@ -240,9 +260,11 @@ class InteractionContext:
         try:
             self._call._replies.send_out_of_order(messages)
         except SequenceClosedError:
-            raise SequenceClosedError(f"agent {self._call.agent.alias!r} replied after its call finished") from None
+            raise SequenceClosedError(
+                f"agent {self._call.agent.alias!r} replied after its call finished"
+            ) from None
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child task of this call.
 
         The call's replies end only after the child finished; an exception in the child fails the call (like
@@ -313,7 +335,9 @@ class AgentCall:
         try:
             self._input.send(messages)
         except SequenceClosedError:
-            raise SequenceClosedError(f"the input of the call to agent {self.agent.alias!r} is already finished") from None
+            raise SequenceClosedError(
+                f"the input of the call to agent {self.agent.alias!r} is already finished"
+            ) from None
         return self
 
     def finish(self) -> None:
@@ -328,8 +352,11 @@ class AgentCall:
         return self._reply_sequence
 
     def cancel(self) -> None:
-        """Cancel the call and its children.  Consumers get the replies made so far, then
-        :class:`AgentCallCancelledError`."""
+        """Cancel the call and its children.
+
+        Consumers get the replies made so far, then :class:`AgentCallCancelledError`.  Safe to call at any time,
+        also before the call started (then no agent code runs) or after it finished (then nothing happens).
+        """
         self._cancel_scope.cancel()
 
     @property
@@ -341,7 +368,7 @@ class AgentCall:
         return f"<AgentCall #{self.call_id} of {self.agent.alias!r}{' done' if self.done else ''}>"
 
     # -- TaskOwner ------------------------------------------------------------------------------------------
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start an internal child task (pumps, sub-calls); falls back to the context once the call ended."""
         tg = self._tg
         if tg is not None and self.accepts_children:
@@ -371,21 +398,23 @@ class AgentCall:
         if self._writers is not None:
             self._writers.discard(writer)
 
-    def start_child(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def start_child(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start a user child task; its exception fails the call."""
         if not self.accepts_children or self._tg is None:
-            raise MiniAgentsError(f"the call to agent {self.agent.alias!r} has finished; it cannot start tasks")
+            raise MiniAgentsError(
+                f"the call to agent {self.agent.alias!r} has finished; it cannot start tasks"
+            )
         self._tg.start_soon(self._guard_child, fn, args)
 
     async def _guard_child(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         try:
             await fn(*args)
-        except Exception as exc:  # noqa: BLE001 - it fails the call, which reports it to consumers
+        except Exception as exc:
             self._fail(exc)
 
     # -- running --------------------------------------------------------------------------------------------
     def chain(self) -> list[str]:
-        """The aliases of the calls that led to this one, outermost first, ending with this agent."""
+        """Return the aliases of the calls that led to this one, outermost first, ending with this agent."""
         aliases: list[str] = []
         call: AgentCall | None = self
         while call is not None:
@@ -403,7 +432,7 @@ class AgentCall:
             tg.cancel_scope.cancel()
 
     async def _run(self) -> None:
-        from miniagents._scope import current_call  # noqa: PLC0415 - tiny import, keeps the hot path flat
+        from miniagents._scope import current_call
 
         current_call.set(self)
         completed = False
@@ -414,7 +443,7 @@ class AgentCall:
                     self.accepts_children = True
                     try:
                         await self.agent.func(self._ctx, **self.kwargs)
-                    except Exception as exc:  # noqa: BLE001 - delivered to the consumers of the replies
+                    except Exception as exc:
                         self._fail(exc)
                     finally:
                         self._finish_open_calls()
@@ -434,13 +463,17 @@ class AgentCall:
         """Close the reply sequence: the outcome, after salvaging what the replies had ready."""
         if self._writers:
             for writer in list(self._writers):
-                writer.fail(AgentCallCancelledError(f"agent {self.agent.alias!r} ended without finishing this message"))
+                writer.fail(
+                    AgentCallCancelledError(
+                        f"agent {self.agent.alias!r} ended without finishing this message"
+                    )
+                )
         replies = self._replies
         failure = self._failure
         if failure is not None and not (cancelled and isinstance(failure, AgentCallCancelledError)):
             if self.context.errors_as_messages:
                 replies.salvage()
-                replies._append(  # noqa: SLF001 - the builder is this call's own
+                replies._append(
                     ErrorMessage(
                         content=f"{type(failure).__name__}: {failure}",
                         error_type=type(failure).__name__,

@@ -179,7 +179,7 @@ class MiniAgents:
     # -- TaskOwner ------------------------------------------------------------------------------------------
     accepts_children = True
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start an internal task in the calls group."""
         tg = self._calls_tg
         if tg is None:
@@ -221,10 +221,13 @@ class MiniAgents:
                         result = handler(message)
                         if inspect.isawaitable(result):
                             await result
-                    except Exception as exc:  # noqa: BLE001 - reported at exit, never swallowed
+                    except Exception as exc:
                         name = getattr(handler, "__qualname__", repr(handler))
-                        _add_note(exc, f"miniagents: in on_persist_message handler {name} "
-                                       f"for message {message.hash_key[:12]}")
+                        _add_note(
+                            exc,
+                            f"miniagents: in on_persist_message handler {name} "
+                            f"for message {message.hash_key[:12]}",
+                        )
                         self.ledger.record_error(exc)
                 self._persisted += 1
             if self._persist_closing:
@@ -265,7 +268,7 @@ class MiniAgents:
             try:
                 if await stack.__aexit__(exc_type, exc, tb):
                     raised = None
-            except BaseException as new:  # noqa: BLE001 - merged with the unobserved errors below
+            except BaseException as new:
                 raised = new
         finally:
             context_token, call_token = self._tokens
@@ -320,9 +323,8 @@ class MiniAgents:
 
         async def runner() -> T:
             async with self:
-                if inspect.isawaitable(main):
-                    return await main
-                return await main()
+                result = await (main if inspect.isawaitable(main) else main())
+            return result
 
         return anyio.run(runner, backend=backend, backend_options=backend_options)
 

@@ -32,7 +32,7 @@ class AgentCallCancelledError(MiniAgentsError):
     """
 
 
-class StopLoop(Exception):  # noqa: N818 - a control-flow signal, like StopIteration
+class StopLoop(Exception):
     """Raise it in an agent to end the ``achain_loop`` it runs in.
 
     It is a signal, not a failure: it reaches consumers like an error (so the loop sees it wherever it

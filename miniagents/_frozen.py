@@ -123,7 +123,7 @@ def freeze(value: Any, path: str) -> Any:
         return value
     if isinstance(value, SCALAR_TYPES):
         return value
-    from miniagents._messages import Message  # noqa: PLC0415 - cycle: messages freeze their fields
+    from miniagents._messages import Message
 
     if isinstance(value, Message):
         return value  # already immutable: kept as the same object
@@ -166,6 +166,6 @@ def freeze_kwargs(kwargs: Mapping[str, Any]) -> FrozenDict[str, Any]:
 def _short_repr(value: Any, limit: int = 60) -> str:
     try:
         text = repr(value)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+    except Exception:
         text = object.__repr__(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

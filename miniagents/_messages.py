@@ -76,7 +76,7 @@ class Message:
             frozen = FrozenDict({name: freeze(value, name) for name, value in extra.items()})
         else:
             frozen = EMPTY
-        self.__attrs_init__(content=content, extra=frozen)  # type: ignore[attr-defined]
+        self.__attrs_init__(content=content, extra=frozen)
 
     def __attrs_post_init__(self) -> None:
         if type(self.content) is not str:
@@ -93,7 +93,7 @@ class Message:
             frozen = freeze(value, name)
             if frozen is not value:
                 object.__setattr__(self, name, frozen)
-        if self._extra and type(self).__init__ is not Message.__init__:  # type: ignore[misc]
+        if self._extra and type(self).__init__ is not Message.__init__:
             # A subclass with an attrs-generated __init__ got ``extra=`` as a plain mapping.
             extras = FrozenDict({n: freeze(v, n) for n, v in dict(self._extra).items()})
             for name in extras:
@@ -189,7 +189,7 @@ class Message:
             raise ValueError(f"{path!r} is not a {cls.__name__} subclass")
         values = {name: _decode(value) for name, value in data.items()}
         content = values.pop("content", "")
-        return build_message(target, content, values)  # type: ignore[return-value]
+        return build_message(target, content, values)
 
     @classmethod
     def stream(cls, tokens: AsyncIterable[str], /, **fields: Any) -> MessagePromise:
@@ -203,7 +203,7 @@ class Message:
                 the promise, when it yields something other than ``str``.
 
         """
-        from miniagents._promises import MessagePromise  # noqa: PLC0415 - promises build on messages
+        from miniagents._promises import MessagePromise
 
         return MessagePromise.from_token_stream(tokens, message_class=cls, **fields)
 
@@ -225,7 +225,7 @@ def build_message(cls: type[_M], content: str, fields: dict[str, Any]) -> _M:
     :class:`Message`'s own ``__init__`` takes extras as keywords; subclasses with an attrs-generated
     ``__init__`` take declared fields as keywords and the rest as ``extra=``.
     """
-    if cls.__init__ is Message.__init__:  # type: ignore[misc]
+    if cls.__init__ is Message.__init__:
         return cls(content=content, **fields)
     declared = _declared_fields(cls)
     own = {k: v for k, v in fields.items() if k in declared}
@@ -267,8 +267,8 @@ def _canonical(value: Any) -> str:
     return json.dumps(_encode(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _encode(value: Any) -> Any:  # noqa: PLR0911 - one branch per supported type
-    if value is None or isinstance(value, (str, bool, int)) and not isinstance(value, enum.Enum):
+def _encode(value: Any) -> Any:
+    if value is None or (isinstance(value, (str, bool, int)) and not isinstance(value, enum.Enum)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
@@ -320,7 +320,7 @@ _PATH_CLASSES: dict[str, type[pathlib.PurePath]] = {
 }
 
 
-def _decode(value: Any) -> Any:  # noqa: PLR0911 - one branch per tag
+def _decode(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_decode(v) for v in value)
     if not isinstance(value, dict):
@@ -328,7 +328,7 @@ def _decode(value: Any) -> Any:  # noqa: PLR0911 - one branch per tag
     tag = value.get(_TAG)
     if tag is None:
         return FrozenDict({k: _decode(v) for k, v in value.items()})
-    v = value.get("v")
+    v: Any = value["v"]
     if tag == "float":
         return float(v)
     if tag == "dict":

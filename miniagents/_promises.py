@@ -71,7 +71,7 @@ class Promise(Generic[T]):
         except anyio.get_cancelled_exc_class():
             self._buffer.close(AgentCallCancelledError("the promise's resolver was cancelled"))
             raise
-        except Exception as exc:  # noqa: BLE001 - delivered to every awaiter instead
+        except Exception as exc:
             self._buffer.close(exc)
         else:
             self._value = value
@@ -224,7 +224,7 @@ async def _pump_source(
     except anyio.get_cancelled_exc_class():
         writer.fail(AgentCallCancelledError("the stream was cancelled before it finished"))
         raise
-    except Exception as exc:  # noqa: BLE001 - the stream's consumers get it
+    except Exception as exc:
         writer.fail(exc)
     else:
         writer.close()
@@ -313,6 +313,7 @@ class MessagePromise(StreamedPromise[str, Message]):
     known_beforehand: FrozenDict[str, Any]
     message_class: type[Message]
     _message: Message | None
+    _callbacks: list[Callable[[Message], None]] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -333,7 +334,7 @@ class MessagePromise(StreamedPromise[str, Message]):
         return promise
 
     @classmethod
-    def open(
+    def open(  # type: ignore[override]  # an alternative constructor with its own signature
         cls, *, message_class: type[Message] = TextMessage, **known_beforehand: Any
     ) -> tuple[MessagePromise, MessageWriter]:
         """Return a pending message promise and its writer; *known_beforehand* fields are frozen now."""

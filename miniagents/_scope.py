@@ -8,7 +8,7 @@ the current ``MiniAgents`` context.  There is no global fallback, so no task can
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 class TaskOwner(Protocol):
     """Something that can start a child task which it waits for before it finishes."""
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child task.  *fn* must not raise (errors are routed by the caller)."""
+
+    def register_open_call(self, call: AgentCall) -> None:
+        """Remember a call started here whose input is still open (finished when this owner ends)."""
+
+    def forget_open_call(self, call: AgentCall) -> None:
+        """Forget a call whose input was finished."""
 
 
 current_context: ContextVar[MiniAgents | None] = ContextVar("miniagents_context", default=None)

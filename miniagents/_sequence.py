@@ -18,7 +18,16 @@ reported to the owner; the builder itself never raises into a task group.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import anyio
@@ -43,7 +52,7 @@ MessageType: TypeAlias = Union[
     AsyncIterable["MessageType"],
 ]
 
-Item: TypeAlias = Union[Message, MessagePromise]
+Item: TypeAlias = Message | MessagePromise
 
 _DONE: Any = object()
 
@@ -89,9 +98,9 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
         return seq
 
     @classmethod
-    def open(cls) -> tuple[MessageSequencePromise, MessageSequenceWriter]:
+    def open(cls) -> tuple[MessageSequencePromise, MessageSequenceWriter]:  # type: ignore[override]
         """Return a new sequence and its writer; async parts are pumped by the current call or context."""
-        from miniagents._scope import current_owner  # noqa: PLC0415
+        from miniagents._scope import current_owner
 
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
@@ -406,9 +415,11 @@ class SequenceBuilder:
             await fn(*args)
         except anyio.get_cancelled_exc_class():
             self._pump_ended()
-            self.on_pump_cancelled(AgentCallCancelledError("a message source was cancelled before it finished"))
+            self.on_pump_cancelled(
+                AgentCallCancelledError("a message source was cancelled before it finished")
+            )
             raise
-        except Exception as exc:  # noqa: BLE001 - routed to the owner, which decides
+        except Exception as exc:
             self._pump_ended()
             self.on_pump_error(exc)
         else:
@@ -446,7 +457,7 @@ class SequenceBuilder:
             while True:
                 try:
                     head = self._flatten_ready(stack)
-                except Exception:  # noqa: BLE001 - a broken iterable yields nothing more
+                except Exception:
                     break
                 if head is _DONE:
                     break

@@ -54,7 +54,11 @@ def test_decorator_with_options_and_fork() -> None:
     async def agent(ctx: InteractionContext, style: str, lang: str = "en") -> None:
         pass
 
-    assert (agent.alias, agent.description, dict(agent.default_kwargs)) == ("custom", "desc", {"style": "short"})
+    assert (agent.alias, agent.description, dict(agent.default_kwargs)) == (
+        "custom",
+        "desc",
+        {"style": "short"},
+    )
     forked = agent.fork(alias="fr", lang="fr")
     assert forked.alias == "fr" and forked.description == "desc"
     assert dict(forked.default_kwargs) == {"style": "short", "lang": "fr"}
@@ -343,7 +347,9 @@ async def test_replies_flatten_nested_values_in_order() -> None:
 
     @miniagent
     async def flattener(ctx: InteractionContext) -> None:
-        ctx.reply(["a", ("b", ["c"]), TextMessage(content="d"), MessagePromise.resolved(Message(content="e"))])
+        ctx.reply(
+            ["a", ("b", ["c"]), TextMessage(content="d"), MessagePromise.resolved(Message(content="e"))]
+        )
         ctx.reply(agen())
         ctx.reply(echo.inquire("f"))
         ctx.reply(x for x in ["h", "i"])
@@ -361,7 +367,7 @@ async def test_a_value_that_is_not_a_message_is_rejected_at_reply_time() -> None
         ctx.reply(42)  # type: ignore[arg-type]
 
     async with MiniAgents():
-        with pytest.raises(TypeError, match="cannot send a value of type builtins.int"):
+        with pytest.raises(TypeError, match=r"cannot send a value of type builtins\.int"):
             await bad.inquire()
 
 
@@ -398,7 +404,9 @@ async def test_achain_loop_clear_drops_the_output() -> None:
         ctx.reply(f"got {len(await ctx.messages)}")
 
     async with MiniAgents():
-        assert contents(await achain_loop([echo, CLEAR, count], initial_input=["a", "b"], max_rounds=1)) == ["got 0"]
+        assert contents(await achain_loop([echo, CLEAR, count], initial_input=["a", "b"], max_rounds=1)) == [
+            "got 0"
+        ]
 
 
 async def test_achain_loop_stops_on_stop_loop_and_returns_the_last_output() -> None:

@@ -44,7 +44,7 @@ async def collect(replies: object) -> tuple[list[str], BaseException | None]:
     try:
         async for msg in replies:  # type: ignore[attr-defined]
             seen.append(str(msg))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return seen, error
     return seen, None
 
@@ -93,7 +93,7 @@ async def test_an_observed_error_is_not_raised_again_at_exit() -> None:
 
 
 async def test_several_unobserved_errors_are_raised_together() -> None:
-    with pytest.raises(ExceptionGroup) as info:
+    with pytest.raises(ExceptionGroup) as info:  # noqa: PT012 - the block's exit raises
         async with MiniAgents():
             fails_after_two.inquire()
             fails_after_two.inquire()

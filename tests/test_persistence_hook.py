@@ -15,7 +15,9 @@ async def repeater(ctx: InteractionContext) -> None:
     async for msg in ctx.messages:
         ctx.reply(msg)
         ctx.reply(TextMessage(content=str(msg)))  # equal message built separately
-    ctx.reply(Message(content="holder", inner=TextMessage(content="nested"), more=[TextMessage(content="n2")]))
+    ctx.reply(
+        Message(content="holder", inner=TextMessage(content="nested"), more=[TextMessage(content="n2")])
+    )
 
 
 async def test_each_distinct_message_is_persisted_once_with_nested_messages_first() -> None:

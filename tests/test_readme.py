@@ -20,7 +20,9 @@ def _examples() -> list[tuple[str, str | None]]:
 def test_readme_has_examples_with_expected_output() -> None:
     examples = _examples()
     assert len(examples) >= 5
-    assert all(output is not None for _, output in examples), "every python block needs a ```text output block"
+    assert all(output is not None for _, output in examples), (
+        "every python block needs a ```text output block"
+    )
 
 
 def test_first_example_is_the_hello_echo_chain() -> None:
