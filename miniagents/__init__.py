@@ -8,7 +8,7 @@ supervised by the :class:`MiniAgents` context, on trio or asyncio.
 from miniagents._agents import AgentCall, InteractionContext, MiniAgent, miniagent
 from miniagents._buffer import BufferStatistics
 from miniagents._chain import AWAIT, CLEAR, achain_loop
-from miniagents._context import ContextStatistics, MiniAgents
+from miniagents._context import ContextStatistics, MiniAgents, Store
 from miniagents._exceptions import (
     AgentCallCancelledError,
     MiniAgentsError,
@@ -19,6 +19,7 @@ from miniagents._exceptions import (
 from miniagents._frozen import FrozenDict
 from miniagents._messages import ErrorMessage, Message, TextMessage
 from miniagents._promises import MessagePromise, MessageWriter, Promise, StreamedPromise, StreamWriter
+from miniagents._records import CallOutcome, CallRecord
 from miniagents._sequence import MessageSequencePromise, MessageSequenceWriter, MessageType
 
 __version__ = "0.1.0"
@@ -29,6 +30,8 @@ __all__ = [
     "AgentCall",
     "AgentCallCancelledError",
     "BufferStatistics",
+    "CallOutcome",
+    "CallRecord",
     "ContextStatistics",
     "ErrorMessage",
     "FrozenDict",
@@ -46,6 +49,7 @@ __all__ = [
     "Promise",
     "SequenceClosedError",
     "StopLoop",
+    "Store",
     "StreamWriter",
     "StreamedPromise",
     "TextMessage",

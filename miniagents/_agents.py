@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -23,7 +24,9 @@ import anyio
 
 from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError
 from miniagents._frozen import FrozenDict, freeze_kwargs
-from miniagents._messages import ErrorMessage
+from miniagents._messages import ErrorMessage, Message
+from miniagents._promises import MessagePromise
+from miniagents._records import CallOutcome, CallRecord
 from miniagents._scope import current_owner
 from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
 
@@ -291,6 +294,7 @@ class AgentCall:
         "_open_calls",
         "_replies",
         "_reply_sequence",
+        "_started_at",
         "_tg",
         "_writers",
         "accepts_children",
@@ -317,6 +321,7 @@ class AgentCall:
         self._writers: set[MessageWriter] | None = None
         self._open_calls: dict[AgentCall, None] | None = None
         self._ctx = InteractionContext(self)
+        self._started_at = time.time() if context.records_calls else 0.0
 
         self._input = SequenceBuilder(context, owner)
         self._input.on_pump_error = self._input.fail
@@ -470,7 +475,9 @@ class AgentCall:
                 )
         replies = self._replies
         failure = self._failure
-        if failure is not None and not (cancelled and isinstance(failure, AgentCallCancelledError)):
+        if cancelled and isinstance(failure, AgentCallCancelledError):
+            failure = None  # a child's cancellation seen while this call was being cancelled anyway
+        if failure is not None:
             if self.context.errors_as_messages:
                 replies.salvage()
                 replies._append(
@@ -487,6 +494,37 @@ class AgentCall:
             replies.fail(AgentCallCancelledError(f"the call to agent {self.agent.alias!r} was cancelled"))
         else:
             replies.buffer.close()
+        if self.context.records_calls:
+            self.context.record_call(self._record(failure, cancelled=cancelled))
+
+    def _record(self, failure: BaseException | None, *, cancelled: bool) -> CallRecord:
+        outcome: CallOutcome = (
+            "failed" if failure is not None else ("cancelled" if cancelled else "completed")
+        )
+        return CallRecord(
+            run_id=self.context.run_id,
+            call_id=self.call_id,
+            parent_call_id=None if self.parent is None else self.parent.call_id,
+            agent_alias=self.agent.alias,
+            kwargs=self.kwargs,
+            started_at=self._started_at,
+            finished_at=time.time(),
+            outcome=outcome,
+            error_type=None if failure is None else type(failure).__name__,
+            error=None if failure is None else f"{type(failure).__name__}: {failure}",
+            input_messages=_resolved_messages(self._input.buffer.pieces),
+            reply_messages=_resolved_messages(self._replies.buffer.pieces),
+        )
+
+
+def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:
+    result: list[Message] = []
+    for item in items:
+        if isinstance(item, Message):
+            result.append(item)
+        elif item._message is not None:
+            result.append(item._message)
+    return tuple(result)
 
 
 def _annotate(error: BaseException, call: AgentCall) -> None:

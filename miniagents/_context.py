@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import inspect
 import sys
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import attrs
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
 from miniagents._messages import Message
+from miniagents._records import CallRecord
 from miniagents._scope import current_call, current_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -38,6 +40,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PersistHandler = Callable[[Message], "Awaitable[None] | None"]
+CallHandler = Callable[[CallRecord], "Awaitable[None] | None"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What ``MiniAgents(store=...)`` accepts: an object with persistence handler methods.
+
+    ``on_persist_message(message)`` is required, ``on_call_finished(record)`` is optional; either may be
+    ``async``.  A store that is also an async context manager is entered when the context is entered and
+    exited after every queued message and record was handed to it.
+    """
+
+    def on_persist_message(self, message: Message) -> Awaitable[None] | None:
+        """Store *message* (called once per distinct hash key)."""
+
 
 _NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents block exited"
 
@@ -92,6 +109,11 @@ class MiniAgents:
             ``hash_key``) produced or sent in this context, nested messages before the message that holds
             them.  Handlers may be plain or ``async`` functions of one message; they run one message at a time
             in a worker task, off the agents' path.  A handler's exception is raised when the block exits.
+        on_call_finished: a handler, or a list of handlers, called with a :class:`~miniagents.CallRecord` for
+            every call that ends in this context (completed, failed or cancelled), after the handlers saw its
+            messages.  Plain or ``async``; same worker, same error rules as ``on_persist_message``.
+        store: an object with ``on_persist_message`` (and optionally ``on_call_finished``) methods, e.g.
+            ``miniagents.persistence.SQLiteStore``; entered as an async context manager if it is one.
         errors_as_messages: deliver an agent's exception to its consumers as an
             :class:`~miniagents.ErrorMessage` (``"ValueError: boom"``) instead of raising it.
 
@@ -102,18 +124,21 @@ class MiniAgents:
         self,
         *,
         on_persist_message: PersistHandler | Iterable[PersistHandler] | None = None,
+        on_call_finished: CallHandler | Iterable[CallHandler] | None = None,
+        store: Store | None = None,
         errors_as_messages: bool = False,
     ) -> None:
-        if on_persist_message is None:
-            handlers: list[PersistHandler] = []
-        elif callable(on_persist_message):
-            handlers = [on_persist_message]
-        else:
-            handlers = list(on_persist_message)
-        for handler in handlers:
-            if not callable(handler):
-                raise TypeError(f"on_persist_message handlers must be callables, got {handler!r}")
-        self._handlers = handlers
+        self._handlers: list[PersistHandler] = _handler_list(on_persist_message, "on_persist_message")
+        self._call_handlers: list[CallHandler] = _handler_list(on_call_finished, "on_call_finished")
+        if store is not None:
+            if not callable(getattr(store, "on_persist_message", None)):
+                raise TypeError(f"store= needs an object with an on_persist_message method, got {store!r}")
+            self._handlers.append(store.on_persist_message)
+            on_call = getattr(store, "on_call_finished", None)
+            if callable(on_call):
+                self._call_handlers.append(on_call)
+        self.store = store
+        self.run_id = ""
         self.errors_as_messages = errors_as_messages
         self.ledger = ErrorLedger()
         self._active = False
@@ -121,7 +146,7 @@ class MiniAgents:
         self._calls_tg: anyio.abc.TaskGroup | None = None
         self._open_calls: dict[AgentCall, None] = {}
         self._seen: set[str] = set()
-        self._persist_queue: deque[Message] = deque()
+        self._persist_queue: deque[Message | CallRecord] = deque()
         self._persist_event: anyio.Event | None = None
         self._persist_closing = False
         self._persisted = 0
@@ -144,10 +169,22 @@ class MiniAgents:
         self._handlers.append(handler)
         return handler
 
+    def on_call_finished(self, handler: CallHandler) -> CallHandler:
+        """Register *handler* (decorator form of the ``on_call_finished=`` option); returns it unchanged."""
+        if not callable(handler):
+            raise TypeError(f"on_call_finished handlers must be callables, got {handler!r}")
+        self._call_handlers.append(handler)
+        return handler
+
     @property
     def persists(self) -> bool:
         """Whether any persistence handler is registered."""
         return bool(self._handlers)
+
+    @property
+    def records_calls(self) -> bool:
+        """Whether any ``on_call_finished`` handler is registered."""
+        return bool(self._call_handlers)
 
     def shared_resource(
         self, key: Hashable, factory: Callable[[], T], *, aclose: Callable[[T], Awaitable[None]] | None = None
@@ -205,7 +242,15 @@ class MiniAgents:
         self._seen.add(key)
         for sub in message.sub_messages():
             self.persist(sub)
-        self._persist_queue.append(message)
+        self._enqueue(message)
+
+    def record_call(self, record: CallRecord) -> None:
+        """Queue a finished call's record for the ``on_call_finished`` handlers."""
+        if self._call_handlers:
+            self._enqueue(record)
+
+    def _enqueue(self, item: Message | CallRecord) -> None:
+        self._persist_queue.append(item)
         event = self._persist_event
         if event is not None:
             self._persist_event = None
@@ -215,21 +260,23 @@ class MiniAgents:
         queue = self._persist_queue
         while True:
             while queue:
-                message = queue.popleft()
-                for handler in self._handlers:
+                item = queue.popleft()
+                if isinstance(item, CallRecord):
+                    handlers: list[Any] = self._call_handlers
+                    what = f"on_call_finished handler {{}} for call #{item.call_id} of {item.agent_alias!r}"
+                else:
+                    handlers = self._handlers
+                    what = f"on_persist_message handler {{}} for message {item.hash_key[:12]}"
+                    self._persisted += 1
+                for handler in handlers:
                     try:
-                        result = handler(message)
+                        result = handler(item)
                         if inspect.isawaitable(result):
                             await result
                     except Exception as exc:
                         name = getattr(handler, "__qualname__", repr(handler))
-                        _add_note(
-                            exc,
-                            f"miniagents: in on_persist_message handler {name} "
-                            f"for message {message.hash_key[:12]}",
-                        )
+                        _add_note(exc, "miniagents: in " + what.format(name))
                         self.ledger.record_error(exc)
-                self._persisted += 1
             if self._persist_closing:
                 return
             event = self._persist_event = anyio.Event()
@@ -242,9 +289,12 @@ class MiniAgents:
         self.ledger = ErrorLedger()
         self._seen = set()
         self._persist_closing = False
+        self.run_id = uuid.uuid4().hex
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
+            if self.store is not None and hasattr(self.store, "__aenter__"):
+                await stack.enter_async_context(self.store)  # type: ignore[arg-type]
             service_tg = await stack.enter_async_context(anyio.create_task_group())
             service_tg.start_soon(self._persistence_worker)
             stack.push_async_callback(self._after_calls)
@@ -327,6 +377,19 @@ class MiniAgents:
             return result
 
         return anyio.run(runner, backend=backend, backend_options=backend_options)
+
+
+def _handler_list(handlers: Any, option: str) -> list[Any]:
+    if handlers is None:
+        result = []
+    elif callable(handlers):
+        result = [handlers]
+    else:
+        result = list(handlers)
+    for handler in result:
+        if not callable(handler):
+            raise TypeError(f"{option} handlers must be callables, got {handler!r}")
+    return result
 
 
 def _add_note(error: BaseException, note: str) -> None:

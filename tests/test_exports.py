@@ -11,6 +11,8 @@ PUBLIC = {
     "AgentCall",
     "AgentCallCancelledError",
     "BufferStatistics",
+    "CallOutcome",
+    "CallRecord",
     "ContextStatistics",
     "ErrorMessage",
     "FrozenDict",
@@ -28,6 +30,7 @@ PUBLIC = {
     "Promise",
     "SequenceClosedError",
     "StopLoop",
+    "Store",
     "StreamWriter",
     "StreamedPromise",
     "TextMessage",
@@ -45,7 +48,7 @@ def test_all_is_exactly_the_public_surface() -> None:
 
 def test_public_classes_claim_the_public_module() -> None:
     # Everything is importable from the package root; nothing public lives only in a private module.
-    for name in PUBLIC - {"__version__", "AWAIT", "CLEAR", "MessageType"}:
+    for name in PUBLIC - {"__version__", "AWAIT", "CLEAR", "MessageType", "CallOutcome"}:
         obj = getattr(miniagents, name)
         assert getattr(obj, "__doc__", None), f"{name} needs a docstring"
 

@@ -86,3 +86,97 @@ async def test_statistics_report_persisted_messages() -> None:
         await repeater.inquire("x")
     assert mas.statistics().persisted_messages == 4
     assert mas.statistics().active is False
+
+
+# -- call records ---------------------------------------------------------------------------------------------
+class Boom(Exception):
+    pass
+
+
+async def test_every_finished_call_is_recorded_after_its_messages() -> None:
+    events: list[str] = []
+
+    @miniagent
+    async def child(ctx: InteractionContext, n: int) -> None:
+        ctx.reply(f"child {n}")
+        if n == 2:
+            raise Boom("child failed")
+
+    @miniagent
+    async def parent(ctx: InteractionContext) -> None:
+        ctx.reply(await child.inquire("in", n=1))
+        try:
+            await child.inquire(n=2)
+        except Boom:
+            ctx.reply("handled")
+
+    async with MiniAgents(
+        on_persist_message=lambda m: events.append(f"message {m.content}"),
+        on_call_finished=lambda r: events.append(f"call {r.agent_alias} {r.outcome}"),
+    ) as mas:
+        records = []
+        mas.on_call_finished(records.append)
+        await parent.inquire("go")
+
+    assert events.index("message child 1") < events.index("call child completed")
+    assert events[-1] == "call parent completed"
+    by_outcome = {(r.agent_alias, r.outcome): r for r in records}
+    assert set(by_outcome) == {("child", "completed"), ("child", "failed"), ("parent", "completed")}
+    failed = by_outcome["child", "failed"]
+    parent_record = by_outcome["parent", "completed"]
+    assert failed.parent_call_id == parent_record.call_id
+    assert parent_record.parent_call_id is None
+    assert failed.error_type == "Boom" and failed.error == "Boom: child failed"
+    assert dict(failed.kwargs) == {"n": 2}
+    assert [m.content for m in parent_record.input_messages] == ["go"]
+    assert [m.content for m in parent_record.reply_messages] == ["child 1", "handled"]
+    assert len({r.run_id for r in records}) == 1 and records[0].run_id == mas.run_id
+    assert all(r.started_at <= r.finished_at for r in records)
+
+
+async def test_cancelled_calls_are_recorded_as_cancelled() -> None:
+    records = []
+
+    @miniagent
+    async def forever(ctx: InteractionContext) -> None:
+        ctx.reply("before")
+        await anyio.sleep_forever()
+
+    async with MiniAgents(on_call_finished=records.append):
+        call = forever.initiate_call()
+        replies = call.reply_sequence()
+        async for _ in replies:
+            break
+        call.cancel()
+    assert [(r.outcome, [m.content for m in r.reply_messages]) for r in records] == [
+        ("cancelled", ["before"])
+    ]
+
+
+async def test_a_store_object_gets_messages_and_calls_and_is_entered_and_exited() -> None:
+    class MemoryStore:
+        def __init__(self) -> None:
+            self.log: list[str] = []
+
+        async def __aenter__(self) -> MemoryStore:
+            self.log.append("open")
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            self.log.append("close")
+
+        async def on_persist_message(self, message: Message) -> None:
+            self.log.append(message.content)
+
+        def on_call_finished(self, record: object) -> None:
+            self.log.append("call")
+
+    store = MemoryStore()
+    async with MiniAgents(store=store):
+        await repeater.inquire("x")
+    assert store.log == ["open", "x", "nested", "n2", "holder", "call", "close"]
+
+
+def test_a_store_without_the_handler_method_is_rejected() -> None:
+    with pytest.raises(TypeError, match="on_persist_message"):
+        MiniAgents(store=object())  # type: ignore[arg-type]

@@ -1,0 +1,37 @@
+"""What the runtime tells persistence about each finished call: :class:`CallRecord`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from miniagents._frozen import FrozenDict
+from miniagents._messages import Message
+
+CallOutcome = Literal["completed", "failed", "cancelled"]
+
+
+@attrs.frozen(kw_only=True)
+class CallRecord:
+    """A finished agent call, as handed to ``on_call_finished`` handlers (and stores).
+
+    ``run_id`` identifies the ``MiniAgents`` context (a fresh UUID each time it is entered); ``call_id`` is
+    unique within the process and ``parent_call_id`` names the call that started this one (``None`` for calls
+    started outside any agent).  ``input_messages`` and ``reply_messages`` are the messages of the call's input
+    and replies, in order, that had resolved when the call ended; every one of them was passed to the
+    ``on_persist_message`` handlers before this record.
+    """
+
+    run_id: str
+    call_id: int
+    parent_call_id: int | None
+    agent_alias: str
+    kwargs: FrozenDict[str, Any]
+    started_at: float
+    finished_at: float
+    outcome: CallOutcome
+    error_type: str | None = None
+    error: str | None = None
+    input_messages: tuple[Message, ...] = ()
+    reply_messages: tuple[Message, ...] = ()
