@@ -324,11 +324,10 @@ class AgentCall:
         self._started_at = time.time() if context.records_calls else 0.0
 
         self._input = SequenceBuilder(context, owner)
-        self._input.on_pump_error = self._input.fail
         self._input.on_pump_cancelled = self._input.fail
         self._input_sequence = MessageSequencePromise._from_buffer(self._input.buffer)
         self._replies = SequenceBuilder(context, self)
-        self._replies.on_pump_error = self._fail
+        self._replies.on_pump_error = self._fail_from_pump
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
 
         owner.register_open_call(self)
@@ -427,6 +426,9 @@ class AgentCall:
             call = call.parent
         aliases.reverse()
         return aliases
+
+    def _fail_from_pump(self, error: BaseException, passed_on: bool) -> None:
+        self._fail(error)  # a reply source failed: the call fails (and records it as its own failure)
 
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:

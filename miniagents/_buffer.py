@@ -43,18 +43,16 @@ class BufferStatistics:
 class ReplayBuffer(Generic[P]):
     """A replayable, append-only channel of pieces (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_event", "_ledger", "_tb", "done", "error", "observed_error", "pieces")
+    __slots__ = ("__weakref__", "_event", "_ledger", "_tb", "done", "error", "pieces")
 
     pieces: list[P]
     done: bool
     error: BaseException | None
-    observed_error: BaseException | None
 
     def __init__(self, ledger: ErrorLedger | None = None) -> None:
         self.pieces = []
         self.done = False
         self.error = None
-        self.observed_error = None
         self._tb: TracebackType | None = None
         self._event: anyio.Event | None = None
         self._ledger = ledger
@@ -67,11 +65,12 @@ class ReplayBuffer(Generic[P]):
             self._event = None
             event.set()
 
-    def close(self, error: BaseException | None = None) -> bool:
+    def close(self, error: BaseException | None = None, *, record: bool = True) -> bool:
         """Finish the buffer, optionally with *error*; return ``False`` if it was already closed.
 
         A failure (anything but a cancellation) is recorded in the owning context's error ledger, so it is
-        raised when the ``MiniAgents`` block exits unless some consumer observes it first.
+        raised when the ``MiniAgents`` block exits unless a consumer observes it afterwards.  ``record=False``
+        is for failures passed on from another buffer, which recorded them already.
         """
         if self.done:
             return False
@@ -79,8 +78,12 @@ class ReplayBuffer(Generic[P]):
         if error is not None:
             self.error = error
             self._tb = error.__traceback__
-            if self._ledger is not None and not isinstance(error, (AgentCallCancelledError, StopLoop)):
-                self._ledger.record(self)
+            if (
+                record
+                and self._ledger is not None
+                and not isinstance(error, (AgentCallCancelledError, StopLoop))
+            ):
+                self._ledger.record(error)
         event = self._event
         if event is not None:
             self._event = None
@@ -88,11 +91,25 @@ class ReplayBuffer(Generic[P]):
         return True
 
     def raise_error(self) -> NoReturn:
-        """Raise the error the buffer was closed with, marking it observed."""
+        """Raise the error the buffer was closed with to a consumer, marking it observed."""
         error = self.error
         assert error is not None
-        self.observed_error = error
+        self.mark_observed(error)
         raise error.with_traceback(self._tb)
+
+    def pass_error_on(self) -> NoReturn:
+        """Raise the error the buffer was closed with inside a pump, *without* marking it observed.
+
+        A pump only forwards the error to another buffer; it is observed when a consumer of that buffer sees it.
+        """
+        error = self.error
+        assert error is not None
+        raise error.with_traceback(self._tb)
+
+    def mark_observed(self, error: BaseException) -> None:
+        """Tell the error ledger that a consumer has had *error* raised."""
+        if self._ledger is not None:
+            self._ledger.observe(error)
 
     async def wait_beyond(self, count: int) -> None:
         """Wait until there are more than *count* pieces or the buffer is closed."""
@@ -109,12 +126,6 @@ class ReplayBuffer(Generic[P]):
             if event is None:
                 event = self._event = anyio.Event()
             await event.wait()
-
-    @property
-    def unobserved_error(self) -> BaseException | None:
-        """The error the buffer failed with, if no consumer has had it raised yet."""
-        error = self.error
-        return error if error is not None and self.observed_error is not error else None
 
     def statistics(self) -> BufferStatistics:
         """Return a snapshot of the buffer's state, for introspection and tests."""

@@ -36,7 +36,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
-    from miniagents._buffer import ReplayBuffer
 
 T = TypeVar("T")
 PersistHandler = Callable[[Message], "Awaitable[None] | None"]
@@ -60,34 +59,35 @@ _NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents
 
 
 class ErrorLedger:
-    """Failures that happened in a context, so that none is lost: raised at exit unless observed."""
+    """Failures that happened in a context, so that none is lost: raised at exit unless observed.
 
-    __slots__ = ("_buffers", "_errors")
+    Tracked per exception object.  A failure opens an entry; a consumer that has the error raised closes it;
+    a *new* failure with the same object (an agent that let an error from its input propagate) opens it
+    again, because that agent's consumers have not seen it yet.  Errors merely passed on by pumps (a call's
+    input forwarding a failed sequence) are not new failures.
+    """
+
+    __slots__ = ("_open",)
 
     def __init__(self) -> None:
-        self._buffers: list[ReplayBuffer[Any]] = []
-        self._errors: list[BaseException] = []
+        self._open: dict[int, BaseException] = {}
 
-    def record(self, buffer: ReplayBuffer[Any]) -> None:
-        """Remember a buffer that failed; its error counts until a consumer has it raised."""
-        buffers = self._buffers
-        buffers.append(buffer)
-        if len(buffers) >= 256 and len(buffers) & 255 == 0:  # forget observed failures now and then
-            buffers[:] = [b for b in buffers if b.unobserved_error is not None]
+    def record(self, error: BaseException) -> None:
+        """A buffer failed with *error*: it counts until a consumer has it raised."""
+        self._open.pop(id(error), None)
+        self._open[id(error)] = error  # re-inserted: errors are reported in the order of their last failure
+
+    def observe(self, error: BaseException) -> None:
+        """A consumer had *error* raised."""
+        self._open.pop(id(error), None)
 
     def record_error(self, error: BaseException) -> None:
         """Remember an error nobody can observe (e.g. from a persistence handler)."""
-        self._errors.append(error)
+        self.record(error)
 
     def unobserved(self) -> list[BaseException]:
-        """Errors not observed by any consumer, each once, in the order they happened."""
-        seen: set[int] = set()
-        result: list[BaseException] = []
-        for error in [*(b.unobserved_error for b in self._buffers), *self._errors]:
-            if error is not None and id(error) not in seen:
-                seen.add(id(error))
-                result.append(error)
-        return result
+        """Errors not observed since their last failure, in the order of those failures."""
+        return list(self._open.values())
 
 
 @attrs.frozen

@@ -5,8 +5,10 @@ subclass (the attrs way) or passed as an extra keyword to :class:`Message` itsel
 frozen at construction (see :func:`miniagents._frozen.freeze`), which is what lets many agents share one message
 object concurrently without copies.
 
-Identity: ``msg.hash_key`` is a SHA-256 over the canonical JSON of ``msg.to_dict()``; it depends only on the
+Identity: ``msg.hash_key`` is a SHA-256 over a canonical JSON form of the message; it depends only on the
 class and the field values, so it is the same in every process and across restarts (persistence keys on it).
+The canonical form agrees with ``==``: values that compare equal (``1``, ``1.0``, ``True``, ``Decimal("1")``;
+the same instant in two time zones) encode the same, so equal messages always have equal keys.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import datetime
 import decimal
 import enum
+import fractions
 import hashlib
 import importlib
 import json
@@ -152,13 +155,14 @@ class Message:
 
     @property
     def hash_key(self) -> str:
-        """A stable SHA-256 hex digest of the class and field values (same in every process)."""
+        """A stable SHA-256 hex digest of the class and field values (same in every process).
+
+        Messages that compare equal have equal keys; any ``str`` content is supported (lone surrogates too).
+        """
         key = self._hash_key_cache
         if key is None:
-            canonical = json.dumps(
-                self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
-            key = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            canonical = _canonical_json(self._encode_fields(canonical=True))
+            key = hashlib.sha256(canonical.encode("ascii")).hexdigest()
             object.__setattr__(self, "_hash_key_cache", key)
         return key
 
@@ -169,9 +173,12 @@ class Message:
         decimals, enums, paths, frozensets, non-string-keyed mappings and nested messages) are tagged objects
         ``{"$t": <type>, ...}``.
         """
+        return self._encode_fields(canonical=False)
+
+    def _encode_fields(self, *, canonical: bool) -> dict[str, Any]:
         data: dict[str, Any] = {_CLASS_KEY: class_path(type(self))}
         for name, value in self.fields().items():
-            data[name] = _encode(value)
+            data[name] = _encode(value, canonical)
         return data
 
     @classmethod
@@ -259,33 +266,41 @@ def _iter_messages(value: Any) -> Iterator[Message]:
         for item in value.values():
             yield from _iter_messages(item)
     elif isinstance(value, frozenset):
-        for item in sorted(value, key=_canonical):
+        for item in sorted(value, key=lambda v: _canonical_json(_encode(v, True))):
             yield from _iter_messages(item)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(_encode(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _canonical_json(encoded: Any) -> str:
+    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, canonical: bool = False) -> Any:
+    """Encode *value* as JSON-safe data; *canonical* folds values that compare equal into one encoding."""
+    if canonical:
+        folded = _fold_equal_values(value)
+        if folded is not _NOT_FOLDED:
+            return folded
     if value is None or (isinstance(value, (str, bool, int)) and not isinstance(value, enum.Enum)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
     if isinstance(value, tuple):
-        return [_encode(v) for v in value]
+        return [_encode(v, canonical) for v in value]
     if isinstance(value, FrozenDict):
         if all(type(k) is str for k in value) and _TAG not in value:
-            return {k: _encode(v) for k, v in value.items()}
-        return {_TAG: "dict", "v": [[_encode(k), _encode(v)] for k, v in value.items()]}
+            return {k: _encode(v, canonical) for k, v in value.items()}
+        pairs = [[_encode(k, canonical), _encode(v, canonical)] for k, v in value.items()]
+        if canonical:
+            pairs.sort(key=_canonical_json)
+        return {_TAG: "dict", "v": pairs}
     if isinstance(value, Message):
-        return {_TAG: "message", "v": value.to_dict()}
+        return {_TAG: "message", "v": value._encode_fields(canonical=canonical)}
     if isinstance(value, frozenset):
-        return {_TAG: "frozenset", "v": sorted((_encode(v) for v in value), key=_json_sort_key)}
+        return {_TAG: "frozenset", "v": sorted((_encode(v, canonical) for v in value), key=_canonical_json)}
     if isinstance(value, bytes):
         return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
     if isinstance(value, enum.Enum):
-        return {_TAG: "enum", "cls": class_path(type(value)), "v": _encode(value.value)}
+        return {_TAG: "enum", "cls": class_path(type(value)), "v": _encode(value.value, canonical)}
     if isinstance(value, datetime.datetime):
         return {_TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, datetime.date):
@@ -303,8 +318,33 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot serialise a value of type {type(value).__name__}")  # pragma: no cover
 
 
-def _json_sort_key(encoded: Any) -> str:
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_NOT_FOLDED: Any = object()
+
+
+def _fold_equal_values(value: Any) -> Any:
+    """Return one encoding for all values that ``==`` considers equal, or ``_NOT_FOLDED``.
+
+    Numbers of any type (``bool``, ``int``, ``float``, ``Decimal``, int enums) encode as their exact rational
+    value; ``str`` subclasses as the plain string; aware datetimes as the UTC instant; paths by flavour.
+    """
+    if isinstance(value, (int, float, decimal.Decimal)):  # bool and IntEnum are ints
+        if isinstance(value, float) and not math.isfinite(value):
+            return {_TAG: "float", "v": repr(value)}
+        if isinstance(value, decimal.Decimal) and not value.is_finite():
+            return {_TAG: "decimal", "v": str(value)}
+        exact = fractions.Fraction(value)
+        if exact.denominator == 1:
+            return int(exact.numerator)
+        return {_TAG: "number", "v": f"{exact.numerator}/{exact.denominator}"}
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
+        return {_TAG: "datetime", "v": value.astimezone(datetime.timezone.utc).isoformat()}
+    if isinstance(value, pathlib.PurePath):
+        if isinstance(value, pathlib.PureWindowsPath):
+            return {_TAG: "path", "flavour": "windows", "v": str(value).lower()}
+        return {_TAG: "path", "flavour": "posix", "v": str(value)}
+    return _NOT_FOLDED
 
 
 _PATH_CLASSES: dict[str, type[pathlib.PurePath]] = {

@@ -104,7 +104,6 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
 
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
-        builder.on_pump_error = builder.fail
         builder.on_pump_cancelled = builder.fail
         return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder)
 
@@ -173,7 +172,7 @@ class _MessageIterator:
                             message = await item
                         except Exception as exc:
                             # The consumer observed the failure through this sequence.
-                            buffer.observed_error = exc
+                            buffer.mark_observed(exc)
                             raise
                     return message
                 return item
@@ -244,13 +243,16 @@ def _ignore_error(error: BaseException) -> None:  # pragma: no cover - replaced 
 class SequenceBuilder:
     """Flattens ``MessageType`` values into a :class:`ReplayBuffer` (see the module docstring).
 
-    ``on_pump_error(error)`` is called when a pump fails (an async source raised, a forwarded sequence
-    failed); ``on_pump_cancelled(error)`` when a pump was cancelled before it finished.  The owner decides what
-    that means: an agent call fails; a plain sequence fails itself.
+    ``on_pump_error(error, passed_on)`` is called when a pump fails: an async source raised
+    (``passed_on=False``) or a forwarded sequence failed (``passed_on=True``: another buffer recorded the
+    failure already).  ``on_pump_cancelled(error)`` is called when a pump was cancelled before it finished.
+    The owner decides what that means: an agent call fails; a plain sequence fails itself.  Either way, items
+    sent after the one that failed are never delivered: an error surfaces after exactly the messages before it.
     """
 
     __slots__ = (
         "_finishing",
+        "_forwarded_error",
         "_oo_units",
         "_ordered",
         "_ordered_running",
@@ -273,7 +275,8 @@ class SequenceBuilder:
         self._oo_units: list[list[Iterator[Any]]] = []
         self._pumps = 0
         self._finishing = False
-        self.on_pump_error: Callable[[BaseException], None] = _ignore_error
+        self._forwarded_error: BaseException | None = None
+        self.on_pump_error: Callable[[BaseException, bool], None] = self._fail_from_pump
         self.on_pump_cancelled: Callable[[BaseException], None] = _ignore_error
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -309,13 +312,16 @@ class SequenceBuilder:
         if self._pumps == 0:
             self.buffer.close()
 
-    def fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException, *, record: bool = True) -> None:
         """Close the buffer with *error*, after salvaging every pending item that is available right now."""
         if self.buffer.done:
             return
         self.salvage()
         self._finishing = True
-        self.buffer.close(error)
+        self.buffer.close(error, record=record)
+
+    def _fail_from_pump(self, error: BaseException, passed_on: bool) -> None:
+        self.fail(error, record=not passed_on)
 
     @property
     def pending(self) -> bool:
@@ -386,7 +392,8 @@ class SequenceBuilder:
                     head.offset = index
                 if buffer.done:
                     if buffer.error is not None:
-                        buffer.raise_error()
+                        self._forwarded_error = buffer.error
+                        buffer.pass_error_on()
                     return
                 await buffer.wait_beyond(index)
         async for value in head:
@@ -411,17 +418,19 @@ class SequenceBuilder:
         owner.spawn(self._guard, fn, *args)
 
     async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        # The owner hears of a failure *before* the pump count drops: otherwise a finished builder would
+        # close successfully and the error would be lost.
         try:
             await fn(*args)
         except anyio.get_cancelled_exc_class():
-            self._pump_ended()
             self.on_pump_cancelled(
                 AgentCallCancelledError("a message source was cancelled before it finished")
             )
+            self._pump_ended()
             raise
         except Exception as exc:
+            self.on_pump_error(exc, exc is self._forwarded_error)
             self._pump_ended()
-            self.on_pump_error(exc)
         else:
             self._pump_ended()
 
@@ -436,6 +445,9 @@ class SequenceBuilder:
             while queue:
                 await self._feed(queue[0])
                 queue.popleft()
+        except Exception:
+            queue.clear()  # nothing ordered after the failed item may be delivered
+            raise
         finally:
             self._ordered_running = False
 
@@ -462,9 +474,11 @@ class SequenceBuilder:
                 if head is _DONE:
                     break
                 if isinstance(head, _Continuation):
-                    pieces = head.sequence._buffer.pieces
-                    for piece in pieces[head.offset :]:
+                    buffer = head.sequence._buffer
+                    for piece in buffer.pieces[head.offset :]:
                         self._append(piece)
+                    if buffer.error is not None:
+                        break  # the rest of this unit comes after an error: never delivered
 
 
 def _message_from_mapping(data: Mapping[str, Any]) -> Message:

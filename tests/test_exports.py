@@ -62,3 +62,10 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("miniagents").joinpath("py.typed").is_file()
+
+
+def test_testing_kit_exports_resolve() -> None:
+    import miniagents.testing as testing
+
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None, name
