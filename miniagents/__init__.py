@@ -16,7 +16,7 @@ from miniagents._exceptions import (
     SequenceClosedError,
     StopLoop,
 )
-from miniagents._frozen import FrozenDict
+from miniagents._frozen import FrozenDict, share_by_reference
 from miniagents._messages import ErrorMessage, Message, TextMessage
 from miniagents._promises import MessagePromise, MessageWriter, Promise, StreamedPromise, StreamWriter
 from miniagents._records import CallOutcome, CallRecord
@@ -56,4 +56,5 @@ __all__ = [
     "__version__",
     "achain_loop",
     "miniagent",
+    "share_by_reference",
 ]

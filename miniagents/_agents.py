@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import anyio
 
 from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError
-from miniagents._frozen import FrozenDict, freeze_kwargs
+from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord
@@ -167,6 +167,9 @@ class MiniAgent:
 
     def __repr__(self) -> str:
         return f"<MiniAgent {self.alias!r}>"
+
+
+share_by_reference(MiniAgent)  # agents are immutable: tools=[agent, ...] passes them as they are
 
 
 def _is_async_function(func: Any) -> bool:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import functools
 import pathlib
+import types
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, final
 
+_T = TypeVar("_T")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -103,14 +106,44 @@ class FrozenDict(Mapping[_K, _V]):
 
 EMPTY: FrozenDict[Any, Any] = FrozenDict()
 
+_SHARED_TYPES: set[type] = set()
+_CALLABLE_TYPES = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.BuiltinMethodType,
+    functools.partial,
+)
 
-def freeze(value: Any, path: str) -> Any:
+
+def share_by_reference(cls: type[_T]) -> type[_T]:
+    """Let instances of *cls* be passed in agent kwargs as they are, without freezing (usable as a decorator).
+
+    Agent kwargs are deeply frozen; besides immutable values they accept objects that are meant to be shared
+    between concurrent tasks: agents, functions, classes, and instances of the types registered here (for
+    example a pooled HTTP client).  Registering a type is your promise that sharing its instances between
+    concurrently running agents is safe.  Message fields never accept such objects: messages must serialise.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"share_by_reference() takes a class, got {cls!r}")
+    _SHARED_TYPES.add(cls)
+    return cls
+
+
+def _is_shared(value: Any) -> bool:
+    return isinstance(value, (*_CALLABLE_TYPES, type, *_SHARED_TYPES))
+
+
+def freeze(value: Any, path: str, *, shared: bool = False) -> Any:
     """Return an immutable equivalent of *value*.
 
     ``dict``/mappings become :class:`FrozenDict`, ``list``/``tuple`` become ``tuple``, ``set``/``frozenset``
     become ``frozenset``, recursively; scalars from :data:`SCALAR_TYPES` and messages pass unchanged.  The
     caller's objects are never modified and never referenced by the result, so mutating them later changes
     nothing.
+
+    With *shared* (agent kwargs), functions, classes and instances of types registered with
+    :func:`share_by_reference` pass unchanged too.
 
     Raises:
         TypeError: for any other value; the message names *path* extended down to the offending value,
@@ -130,25 +163,33 @@ def freeze(value: Any, path: str) -> Any:
     if isinstance(value, FrozenDict):
         if all(_is_frozen_scalar(v) for v in value._data.values()):
             return value
-        return FrozenDict({k: freeze(v, f"{path}[{k!r}]") for k, v in value.items()})
+        return FrozenDict({k: freeze(v, f"{path}[{k!r}]", shared=shared) for k, v in value.items()})
     if isinstance(value, Mapping):
         frozen: dict[Any, Any] = {}
         for k, v in value.items():
-            key = freeze(k, f"{path}<key {k!r}>")
+            key = freeze(k, f"{path}<key {k!r}>", shared=shared)
             try:
                 hash(key)
-            except TypeError:  # pragma: no cover - freeze() only returns hashable values
+            except TypeError:
                 raise TypeError(f"{path}: unhashable key {k!r}") from None
-            frozen[key] = freeze(v, f"{path}[{k!r}]")
+            frozen[key] = freeze(v, f"{path}[{k!r}]", shared=shared)
         return FrozenDict(frozen)
     if isinstance(value, (list, tuple)):
-        return tuple(freeze(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(freeze(v, f"{path}[{i}]", shared=shared) for i, v in enumerate(value))
     if isinstance(value, (set, frozenset)):
-        return frozenset(freeze(v, f"{path}<set item>") for v in value)
+        return frozenset(freeze(v, f"{path}<set item>", shared=shared) for v in value)
+    if shared and _is_shared(value):
+        return value
+    hint = (
+        "; agent kwargs also take agents, functions, classes and instances of types registered with "
+        "miniagents.share_by_reference()"
+        if shared
+        else ""
+    )
     raise TypeError(
         f"{path}: cannot freeze a value of type {cls.__module__}.{cls.__qualname__} ({_short_repr(value)}); "
         "message fields and agent kwargs accept str, numbers, bool, None, bytes, date/time values, UUID, "
-        "Decimal, Enum members, paths, messages, and dicts/lists/tuples/sets of those"
+        f"Decimal, Enum members, paths, messages, and dicts/lists/tuples/sets of those{hint}"
     )
 
 
@@ -156,11 +197,15 @@ def _is_frozen_scalar(value: Any) -> bool:
     return isinstance(value, SCALAR_TYPES)
 
 
-def freeze_kwargs(kwargs: Mapping[str, Any]) -> FrozenDict[str, Any]:
-    """Freeze keyword arguments; error paths start at the argument name (``data['k'][2]``)."""
+def freeze_kwargs(kwargs: Mapping[str, Any], *, shared: bool = True) -> FrozenDict[str, Any]:
+    """Freeze keyword arguments; error paths start at the argument name (``data['k'][2]``).
+
+    Agent kwargs (the default) also accept shared objects (see :func:`share_by_reference`); message fields
+    known beforehand pass ``shared=False``.
+    """
     if not kwargs:
         return EMPTY
-    return FrozenDict({name: freeze(value, name) for name, value in kwargs.items()})
+    return FrozenDict({name: freeze(value, name, shared=shared) for name, value in kwargs.items()})
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:

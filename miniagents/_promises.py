@@ -338,7 +338,7 @@ class MessagePromise(StreamedPromise[str, Message]):
         cls, *, message_class: type[Message] = TextMessage, **known_beforehand: Any
     ) -> tuple[MessagePromise, MessageWriter]:
         """Return a pending message promise and its writer; *known_beforehand* fields are frozen now."""
-        promise = cls._new(message_class, freeze_kwargs(known_beforehand))
+        promise = cls._new(message_class, freeze_kwargs(known_beforehand, shared=False))
         return promise, MessageWriter(promise)
 
     @classmethod

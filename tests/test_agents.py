@@ -23,6 +23,7 @@ from miniagents import (
     TextMessage,
     achain_loop,
     miniagent,
+    share_by_reference,
 )
 
 pytestmark = pytest.mark.anyio
@@ -429,3 +430,27 @@ async def test_achain_loop_stops_on_stop_loop_and_returns_the_last_output() -> N
 async def test_achain_loop_rejects_a_list_without_agents() -> None:
     with pytest.raises(ValueError, match="at least one agent"):
         await achain_loop([AWAIT])
+
+
+async def test_agents_functions_and_registered_types_pass_through_kwargs_unfrozen() -> None:
+    class Client:
+        pass
+
+    seen: list[Any] = []
+
+    @miniagent
+    async def uses(ctx: InteractionContext, tools: Any = (), client: Any = None) -> None:
+        seen.append((ctx.kwargs["tools"], client))
+
+    async def tool() -> None:
+        pass
+
+    async with MiniAgents():
+        with pytest.raises(TypeError, match=r"client: cannot freeze .*share_by_reference"):
+            uses.inquire(client=Client())
+        share_by_reference(Client)
+        client = Client()
+        await uses.inquire(tools=[echo, tool, len], client=client)
+    assert seen == [((echo, tool, len), client)]
+    with pytest.raises(TypeError, match="cannot freeze"):
+        Message(content="x", client=client)  # message fields must serialise: never by reference

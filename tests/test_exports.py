@@ -37,6 +37,7 @@ PUBLIC = {
     "__version__",
     "achain_loop",
     "miniagent",
+    "share_by_reference",
 }
 
 
