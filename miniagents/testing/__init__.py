@@ -4,6 +4,10 @@
 ``MiniAgents`` context with ``spec.build()``; ``spec.expected_messages()`` is the reference flattening).
 ``agent_graphs()`` draws random DAGs of agents; ``start_graph(spec)`` runs one and ``spec.expected()`` is the
 reference model of what every consumer must see.  Both need ``hypothesis`` (``pip install miniagents[testing]``).
+
+``FakeLLMServer`` is a protocol-faithful OpenAI / Anthropic streaming server on 127.0.0.1 (real sockets) that
+replays scripted responses (``openai_stream``, ``anthropic_stream``, errors, pauses, truncation) and records the
+requests it got, for testing LLM agent graphs offline on trio or asyncio.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ if TYPE_CHECKING:
         start_graph,
     )
     from miniagents.testing._strategies import MessageSpec, flatten_specs, message_types
+    from miniagents.testing.fake_llm_server import (
+        SSE,
+        FakeLLMServer,
+        Gate,
+        Hang,
+        Pause,
+        Raw,
+        RecordedRequest,
+        ScriptedResponse,
+        ToolCall,
+        anthropic_error,
+        anthropic_stream,
+        openai_error,
+        openai_stream,
+        raw_response,
+    )
 
 _LAZY = {
     "message_types": "_strategies",
@@ -40,21 +60,49 @@ _LAZY = {
     "NodeSpec": "_graphs",
     "Observed": "_graphs",
     "Segment": "_graphs",
+    "SSE": "fake_llm_server",
+    "FakeLLMServer": "fake_llm_server",
+    "Gate": "fake_llm_server",
+    "Hang": "fake_llm_server",
+    "Pause": "fake_llm_server",
+    "Raw": "fake_llm_server",
+    "RecordedRequest": "fake_llm_server",
+    "ScriptedResponse": "fake_llm_server",
+    "ToolCall": "fake_llm_server",
+    "anthropic_error": "fake_llm_server",
+    "anthropic_stream": "fake_llm_server",
+    "openai_error": "fake_llm_server",
+    "openai_stream": "fake_llm_server",
+    "raw_response": "fake_llm_server",
 }
 
 __all__ = [
     "Expected",
+    "FakeLLMServer",
+    "Gate",
     "GraphNodeError",
     "GraphProbe",
     "GraphRun",
     "GraphSpec",
+    "Hang",
     "MessageSpec",
     "NodeSpec",
     "Observed",
+    "Pause",
+    "Raw",
+    "RecordedRequest",
+    "SSE",
+    "ScriptedResponse",
     "Segment",
+    "ToolCall",
     "agent_graphs",
+    "anthropic_error",
+    "anthropic_stream",
     "flatten_specs",
     "message_types",
+    "openai_error",
+    "openai_stream",
+    "raw_response",
     "start_graph",
 ]
 

@@ -1,0 +1,60 @@
+"""LLM agents over the providers' streaming REST APIs (``httpx`` + SSE, no vendor SDKs).
+
+* :data:`openai_agent` — OpenAI Chat Completions and OpenAI-compatible servers (``base_url=``).
+* :data:`anthropic_agent` — Anthropic Messages.
+
+Both are miniagents: ``openai_agent.inquire(history, model="gpt-4o-mini", system="...")`` replies a streamed
+message per model turn; ``openai_agent.fork(model=..., system=...)`` makes configured variants.  Failures raise
+:class:`LLMError` subclasses.  One pooled ``httpx.AsyncClient`` is shared per ``MiniAgents`` context and closed
+when it exits.
+"""
+
+import httpx
+
+from miniagents import share_by_reference
+from miniagents.llms._agents import anthropic_agent, openai_agent
+from miniagents.llms._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ContextLengthError,
+    LLMConnectionError,
+    LLMError,
+    LLMTimeoutError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    ToolRoundsExceededError,
+    TruncatedStreamError,
+)
+from miniagents.llms._retry import RetryPolicy
+from miniagents.llms._tools import Tool
+
+# Passed in agent kwargs as they are: a pooled client is made to be shared by concurrent tasks, and the
+# policy and tool descriptions are frozen attrs classes.
+share_by_reference(httpx.AsyncClient)
+share_by_reference(RetryPolicy)
+share_by_reference(Tool)
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ContextLengthError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMTimeoutError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "Tool",
+    "ToolRoundsExceededError",
+    "TruncatedStreamError",
+    "anthropic_agent",
+    "openai_agent",
+]

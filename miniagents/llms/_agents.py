@@ -1,0 +1,86 @@
+"""The public LLM agents: :func:`openai_agent` and :func:`anthropic_agent`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miniagents import InteractionContext, miniagent
+from miniagents.llms._anthropic import AnthropicSpec
+from miniagents.llms._loop import run_llm_agent
+from miniagents.llms._openai import OpenAISpec
+
+__all__ = ["anthropic_agent", "openai_agent"]
+
+_OPTIONS_DOC = """
+    Options (keyword arguments of ``inquire()`` / ``fork()``):
+        model: the model name (required).
+        system: the system prompt.
+        temperature, top_p: sampling parameters (sent only when given).
+        max_tokens: the completion limit (OpenAI ``max_completion_tokens``; Anthropic ``max_tokens``,
+            default 4096).  For servers that only know OpenAI's older ``max_tokens``, use
+            ``extra_body={"max_tokens": n}``.
+        stop: a stop sequence or a list of them.
+        tools: miniagents, typed ``async def`` functions or :class:`~miniagents.llms.Tool` objects.
+        tool_choice: ``"auto"``, ``"none"``, ``"required"``/``"any"``, a tool name, or the provider's own
+            object.
+        parallel_tool_calls: allow several tool calls per turn (sent only when given).
+        max_tool_rounds: how many rounds of tool calls to run (default 10); a model that asks for more
+            raises :class:`~miniagents.llms.ToolRoundsExceededError`.
+        reply_tool_messages: reply the tool-call turns and tool results too (default ``True``); when
+            ``False`` only text turns are replied (hidden ones still go to persistence).
+        api_key: the API key (default: the provider's environment variable).
+        base_url: the API base URL (default: the provider's environment variable, then the official URL).
+        http_client: an ``httpx.AsyncClient`` to use instead of the context's pooled one.
+        timeout: the whole-call limit in seconds for each model request, retries and streaming included.
+        connect_timeout, read_timeout: override the client's connect / between-chunks read timeouts.
+        max_retries: retries of a failed request before its response starts (default 2).
+        retry_policy: a :class:`~miniagents.llms.RetryPolicy` (overrides ``max_retries``).
+        extra_body: more JSON fields for the request body (override the generated ones).
+        extra_headers: more request headers.
+        anthropic_version: the ``anthropic-version`` header (Anthropic only; default ``2023-06-01``).
+
+    Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
+    generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
+    ``finish_reason``, ``usage`` (as reported), ``request_id``, ``response_id`` and, for tool-call turns,
+    ``tool_calls`` (``{"id", "name", "arguments"}`` with ``arguments`` the JSON text).  Tool results are
+    ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.
+
+    Input: the call's messages form the conversation.  Messages with ``role="assistant"`` (what LLM agents
+    reply) are assistant turns, ``role="tool"`` messages are tool results, ``role="system"`` /
+    ``"developer"`` messages are system instructions; every other message is a user turn.
+
+    Errors: :class:`~miniagents.llms.LLMError` subclasses.  Connection errors, timeouts and 408/409/429/5xx
+    responses are retried with exponential backoff and jitter (``retry-after-ms`` / ``retry-after`` /
+    ``x-should-retry`` honoured) until the response starts; never afterwards.  A failure after tokens were
+    streamed ends that message with the error, after its tokens; a stream that ends without its terminal
+    event raises :class:`~miniagents.llms.TruncatedStreamError`.  Cancelling the call closes the HTTP stream.
+"""
+
+
+async def _openai(ctx: InteractionContext, **options: Any) -> None:
+    await run_llm_agent(ctx, OpenAISpec(), "openai_agent", options)
+
+
+async def _anthropic(ctx: InteractionContext, **options: Any) -> None:
+    await run_llm_agent(ctx, AnthropicSpec(), "anthropic_agent", options)
+
+
+_openai.__doc__ = (
+    "Chat with an OpenAI Chat Completions model, or any OpenAI-compatible server (llama.cpp, Ollama, vLLM, "
+    "LM Studio) through ``base_url``, streaming tokens as they arrive.\n" + _OPTIONS_DOC
+)
+_anthropic.__doc__ = (
+    "Chat with an Anthropic Messages model, streaming tokens as they arrive.  System prompts go to the "
+    "top-level ``system``; consecutive same-role turns are merged and the conversation always starts with a "
+    "user turn.\n" + _OPTIONS_DOC
+)
+
+#: The OpenAI Chat Completions agent (also for OpenAI-compatible servers); see the options in its description.
+openai_agent = miniagent(
+    alias="openai_agent", description="Answers with an OpenAI (or OpenAI-compatible) chat model."
+)(_openai)
+
+#: The Anthropic Messages agent; see the options in its description.
+anthropic_agent = miniagent(alias="anthropic_agent", description="Answers with an Anthropic Claude model.")(
+    _anthropic
+)

@@ -1,0 +1,272 @@
+"""Anthropic Messages: request mapping and stream decoding."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from miniagents.llms._common import (
+    PLACEHOLDER_USER_TURN,
+    LLMOptions,
+    ToolCallRecord,
+    message_role,
+    thaw,
+    tool_calls_of,
+)
+from miniagents.llms._exceptions import LLMError, TruncatedStreamError
+from miniagents.llms._http import build_status_error
+from miniagents.llms._sse import ServerSentEvent
+from miniagents.llms._tools import Tool
+
+__all__ = ["AnthropicDecoder", "AnthropicSpec"]
+
+#: ``max_tokens`` is required by the Messages API; this is sent when the caller gives none.
+DEFAULT_MAX_TOKENS = 4096
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def anthropic_messages(
+    options: LLMOptions, history: Sequence[Any]
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Map conversation messages to ``(system, messages)`` of the Messages API.
+
+    ``system``/``developer`` messages join the top-level ``system`` (after the ``system`` option); LLM replies
+    become assistant turns (their thinking blocks, text and ``tool_use`` blocks); tool results become
+    ``tool_result`` blocks of a user turn; anything else is user text.  Consecutive turns of the same role
+    are merged (``tool_result`` blocks first, as the API requires), empty texts are dropped, and a placeholder
+    user turn is inserted when the conversation would not start with a user turn.
+    """
+    system_parts = [options.system] if options.system else []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": list(blocks)})
+
+    for message in history:
+        role = message_role(message)
+        content = str(message)
+        if role in ("system", "developer"):
+            if content:
+                system_parts.append(content)
+        elif role == "assistant":
+            blocks: list[dict[str, Any]] = [dict(thaw(b)) for b in (message.get("thinking_blocks") or ())]
+            if content:
+                blocks.append({"type": "text", "text": content})
+            blocks.extend(
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)}
+                for c in tool_calls_of(message)
+            )
+            add("assistant", blocks)
+        elif role == "tool":
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": str(message.get("tool_call_id", "")),
+            }
+            if content:
+                block["content"] = content
+            if message.get("is_error"):
+                block["is_error"] = True
+            add("user", [block])
+        elif content:
+            add("user", [{"type": "text", "text": content}])
+    for turn in turns:
+        if turn["role"] == "user":
+            turn["content"].sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
+    if not turns or turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TURN}]})
+    system = "\n\n".join(system_parts) if system_parts else None
+    return system, turns
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice is None or hasattr(choice, "items"):
+        return thaw(choice)
+    if choice in ("auto", "any", "none"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    return {"type": "tool", "name": str(choice)}
+
+
+class AnthropicSpec:
+    """The Anthropic Messages provider."""
+
+    name = "anthropic"
+    api_key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    default_base_url = "https://api.anthropic.com"
+
+    def request(
+        self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Return the URL, headers and body of a streaming Messages request."""
+        system, messages = anthropic_messages(options, history)
+        body: dict[str, Any] = {
+            "model": options.model,
+            "max_tokens": options.max_tokens if options.max_tokens is not None else DEFAULT_MAX_TOKENS,
+            "messages": messages,
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        if options.stop:
+            body["stop_sequences"] = list(options.stop)
+        if tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": thaw(t.parameters)}
+                for t in tools
+            ]
+            choice = _tool_choice(options.tool_choice)
+            if options.parallel_tool_calls is False:
+                choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+            if choice is not None:
+                body["tool_choice"] = choice
+        if options.extra_body:
+            body.update(thaw(options.extra_body))
+        headers = {"anthropic-version": options.anthropic_version}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return f"{base_url}/v1/messages", headers, body
+
+    def decoder(self, options: LLMOptions, request_id: str | None) -> AnthropicDecoder:
+        """Return a decoder for one stream."""
+        return AnthropicDecoder(model=options.model, request_id=request_id)
+
+
+class _Block:
+    __slots__ = ("data", "id", "kind", "name", "parts", "signature")
+
+    def __init__(self, kind: str, start: dict[str, Any]) -> None:
+        self.kind = kind
+        self.id = str(start.get("id", ""))
+        self.name = str(start.get("name", ""))
+        self.parts: list[str] = []
+        self.signature = str(start.get("signature", "") or "")
+        self.data = start
+
+
+class AnthropicDecoder:
+    """Decode Messages stream events.
+
+    Text comes from ``text_delta``; ``tool_use`` inputs are assembled from ``input_json_delta`` fragments per
+    block index (an empty input means ``{}``); thinking blocks are kept (with their signature) so they can be
+    sent back in a tool loop.  ``ping`` and unknown events are ignored; an ``error`` event raises the typed
+    error at once.  The stream is complete only after ``message_stop``.
+    """
+
+    def __init__(self, *, model: str, request_id: str | None) -> None:
+        self._fields: dict[str, Any] = {"model": model}
+        self._request_id = request_id
+        self._blocks: dict[int, _Block] = {}
+        self._usage: dict[str, Any] = {}
+        self._stop_reason: str | None = None
+        self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``message_stop`` arrived."""
+        return self._done
+
+    def feed(self, event: ServerSentEvent) -> list[str]:
+        """Consume one event; return its text tokens."""
+        if self._done:
+            return []
+        try:
+            payload = json.loads(event.data) if event.data else {}
+        except ValueError:
+            raise LLMError(
+                f"malformed stream event (not JSON): {event.data[:200]!r}",
+                provider="anthropic",
+                request_id=self._request_id,
+            ) from None
+        if not isinstance(payload, dict):
+            return []
+        kind = event.event if event.event != "message" else payload.get("type", "")
+        if kind == "error" or payload.get("type") == "error":
+            raise build_status_error(
+                None, {"request-id": self._request_id or ""}, event.data.encode(), provider="anthropic"
+            )
+        if kind == "message_start":
+            message = payload.get("message") or {}
+            if message.get("id"):
+                self._fields["response_id"] = message["id"]
+            if message.get("model"):
+                self._fields["model"] = message["model"]
+            if isinstance(message.get("usage"), dict):
+                self._usage.update(message["usage"])
+        elif kind == "content_block_start":
+            start = payload.get("content_block") or {}
+            index = payload.get("index", len(self._blocks))
+            self._blocks[index] = _Block(str(start.get("type", "")), start)
+            if start.get("type") == "text" and start.get("text"):
+                return [start["text"]]
+        elif kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            block = self._blocks.get(payload.get("index", -1))
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
+                text = delta.get("text")
+                if isinstance(text, str) and text:
+                    return [text]
+            elif block is None:
+                return []
+            elif delta_type == "input_json_delta":
+                block.parts.append(str(delta.get("partial_json", "")))
+            elif delta_type == "thinking_delta":
+                block.parts.append(str(delta.get("thinking", "")))
+            elif delta_type == "signature_delta":
+                block.signature += str(delta.get("signature", ""))
+        elif kind == "message_delta":
+            delta = payload.get("delta") or {}
+            if delta.get("stop_reason"):
+                self._stop_reason = delta["stop_reason"]
+            if delta.get("stop_sequence"):
+                self._fields["stop_sequence"] = delta["stop_sequence"]
+            if isinstance(payload.get("usage"), dict):
+                self._usage.update({k: v for k, v in payload["usage"].items() if v is not None})
+        elif kind == "message_stop":
+            self._done = True
+        return []
+
+    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
+        """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
+        if not self._done:
+            raise TruncatedStreamError(
+                "the stream ended without message_stop", provider="anthropic", request_id=self._request_id
+            )
+        fields = dict(self._fields)
+        fields["finish_reason"] = self._stop_reason
+        if self._usage:
+            fields["usage"] = dict(self._usage)
+        calls: list[ToolCallRecord] = []
+        thinking: list[dict[str, Any]] = []
+        for _, block in sorted(self._blocks.items()):
+            if block.kind == "tool_use":
+                arguments = "".join(block.parts).strip() or "{}"
+                calls.append(ToolCallRecord(id=block.id, name=block.name, arguments=arguments))
+            elif block.kind == "thinking":
+                thinking.append(
+                    {"type": "thinking", "thinking": "".join(block.parts), "signature": block.signature}
+                )
+            elif block.kind == "redacted_thinking":
+                thinking.append(dict(block.data))
+        if thinking:
+            fields["thinking_blocks"] = thinking
+        return fields, calls

@@ -1,0 +1,208 @@
+"""What both providers share: options, the shape of one model turn, and message helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import httpx
+
+from miniagents.llms._retry import RetryPolicy
+from miniagents.llms._sse import ServerSentEvent
+from miniagents.llms._tools import Tool
+
+__all__ = ["LLMOptions", "ProviderSpec", "StreamDecoder", "ToolCallRecord", "message_role", "parse_options"]
+
+#: The text of the user turn inserted when a conversation would otherwise not start with one (Anthropic).
+PLACEHOLDER_USER_TURN = "(conversation start)"
+
+
+@attrs.frozen
+class ToolCallRecord:
+    """One tool call requested by the model; ``arguments`` is the JSON text the model produced."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_field(self) -> dict[str, str]:
+        """Return the call as stored in the ``tool_calls`` field of an assistant message."""
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+class StreamDecoder(Protocol):
+    """Turns a provider's SSE events into text tokens, tool calls and the final message fields."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the terminal event arrived (later events are ignored)."""
+
+    def feed(self, event: ServerSentEvent) -> list[str]:
+        """Consume one event; return the text tokens it carries.  Raises the provider's error events."""
+
+    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
+        """Return the message fields and tool calls; raise ``TruncatedStreamError`` if the stream was cut."""
+
+
+class ProviderSpec(Protocol):
+    """One provider's request building and stream decoding."""
+
+    name: str
+    api_key_env: str
+    base_url_env: str
+    default_base_url: str
+
+    def request(
+        self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Return ``(url, headers, json_body)`` of a streaming request."""
+
+    def decoder(self, options: LLMOptions, request_id: str | None) -> StreamDecoder:
+        """Return a fresh decoder for one response stream."""
+
+
+_UNSET: Any = object()
+
+
+@attrs.frozen(kw_only=True)
+class LLMOptions:
+    """The keyword options of ``openai_agent`` / ``anthropic_agent`` (validated once per call)."""
+
+    model: str
+    system: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[Any, ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    max_tool_rounds: int = 10
+    reply_tool_messages: bool = True
+    api_key: str | None = attrs.field(default=None, repr=False)
+    base_url: str | None = None
+    http_client: httpx.AsyncClient | None = None
+    timeout: float | None = None
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    max_retries: int = 2
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+    extra_body: Mapping[str, Any] | None = None
+    extra_headers: Mapping[str, str] | None = attrs.field(default=None, repr=False)
+    anthropic_version: str = "2023-06-01"
+
+    def retry(self) -> RetryPolicy:
+        """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
+        if isinstance(self.retry_policy, RetryPolicy):
+            return self.retry_policy
+        if self.retry_policy is not None:
+            return RetryPolicy(**{"max_retries": self.max_retries, **dict(self.retry_policy)})
+        return RetryPolicy(max_retries=self.max_retries)
+
+
+_OPTION_NAMES = frozenset(a.name for a in attrs.fields(LLMOptions))
+
+
+def parse_options(agent_name: str, options: Mapping[str, Any]) -> LLMOptions:
+    """Validate the keyword options of an LLM agent call.
+
+    Raises:
+        TypeError: an unknown option, a missing ``model`` or a value of the wrong type.
+        ValueError: a value out of range.
+
+    """
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"{agent_name}() got unknown option(s): {', '.join(unknown)}")
+    values = dict(options)
+    model = values.get("model")
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"{agent_name}() needs model=<model name> (a non-empty str)")
+    stop = values.get("stop")
+    if stop is None:
+        values["stop"] = ()
+    elif isinstance(stop, str):
+        values["stop"] = (stop,)
+    else:
+        values["stop"] = tuple(stop)
+    tools = values.get("tools")
+    values["tools"] = () if tools is None else tuple(tools)
+    for name in ("max_tool_rounds", "max_retries"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{agent_name}(): {name} must be an int >= 0, got {value!r}")
+    for name in ("timeout", "connect_timeout", "read_timeout"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{agent_name}(): {name} must be a positive number of seconds, got {value!r}")
+    client = values.get("http_client")
+    if client is not None and not isinstance(client, httpx.AsyncClient):
+        raise TypeError(
+            f"{agent_name}(): http_client must be an httpx.AsyncClient, got {type(client).__name__}"
+        )
+    for name in ("api_key", "base_url"):
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{agent_name}(): {name} must be a str, got {type(value).__name__}")
+    policy = values.get("retry_policy")
+    if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
+        raise TypeError(f"{agent_name}(): retry_policy must be a RetryPolicy or a mapping of its fields")
+    return LLMOptions(**values)
+
+
+def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:
+    """Return the API key from the options or the provider's environment variable (may be empty)."""
+    return options.api_key if options.api_key is not None else os.environ.get(spec.api_key_env, "")
+
+
+def resolve_base_url(options: LLMOptions, spec: ProviderSpec) -> str:
+    """Return the base URL from the options, the environment, or the provider default (no trailing slash)."""
+    url = options.base_url or os.environ.get(spec.base_url_env) or spec.default_base_url
+    return url.rstrip("/")
+
+
+def message_role(message: Any) -> str:
+    """The conversation role of a message: its ``role`` field, else ``"user"``."""
+    role = message.get("role") if hasattr(message, "get") else None
+    return role if isinstance(role, str) and role else "user"
+
+
+def tool_calls_of(message: Any) -> list[ToolCallRecord]:
+    """The tool calls stored in an assistant message's ``tool_calls`` field."""
+    raw = message.get("tool_calls") if hasattr(message, "get") else None
+    calls: list[ToolCallRecord] = []
+    for item in raw or ():
+        if isinstance(item, Mapping):
+            arguments = item.get("arguments", "{}")
+            calls.append(
+                ToolCallRecord(
+                    id=str(item.get("id", "")),
+                    name=str(item.get("name", "")),
+                    arguments=arguments if isinstance(arguments, str) else _dumps(arguments),
+                )
+            )
+    return calls
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            return dict(obj)
+        if isinstance(obj, (tuple, frozenset)):
+            return list(obj)
+        raise TypeError(type(obj).__name__)
+
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+def thaw(value: Any) -> Any:
+    """Turn frozen message field values (FrozenDict, tuple) back into JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [thaw(v) for v in value]
+    return value

@@ -1,0 +1,240 @@
+"""The error tree of the LLM layer.
+
+Every failure of an LLM call is raised as an :class:`LLMError` subclass::
+
+    LLMError
+    ├── LLMConnectionError        (also a ConnectionError) the server could not be reached / the connection broke
+    ├── LLMTimeoutError           (also a TimeoutError) connect, read or whole-call timeout
+    ├── TruncatedStreamError      the stream ended before its terminal event ([DONE] / message_stop / finish)
+    ├── ToolRoundsExceededError   the model still asked for tools after ``max_tool_rounds`` rounds
+    └── APIStatusError            the provider answered with an error (HTTP status or an error event mid-stream)
+        ├── BadRequestError           400, 413, 422 and other 4xx (but 408 and 409: plain APIStatusError)
+        │   └── ContextLengthError        the prompt does not fit the model's context window
+        ├── AuthenticationError       401
+        ├── PermissionDeniedError     403
+        ├── NotFoundError             404 (e.g. unknown model)
+        ├── RateLimitError            429
+        └── ServerError               5xx
+            └── OverloadedError           529 / ``overloaded_error``
+
+Guarantees: errors carry the HTTP ``status`` (``None`` for transport errors and mid-stream error events), the
+provider's error ``error_type``/``code`` and ``message``, the provider ``request_id`` and the ``provider`` name —
+and never the API key: neither ``str()``, ``repr()`` nor any attribute of these errors contains request headers,
+and transport exceptions are not chained (their type and text are kept in ``message``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ContextLengthError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMTimeoutError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "ToolRoundsExceededError",
+    "TruncatedStreamError",
+]
+
+
+class LLMError(Exception):
+    """Base class of every error raised by the LLM agents.
+
+    Attributes:
+        message: a human-readable description (the provider's message when it sent one).
+        status: the HTTP status of the failed response, or ``None`` (transport errors, mid-stream errors).
+        error_type: the provider's error type (``"rate_limit_error"``, ``"invalid_request_error"`` ...) or ``None``.
+        code: the provider's error code (OpenAI ``code``, e.g. ``"model_not_found"``) or ``None``.
+        request_id: the provider's request id (``x-request-id`` / ``request-id`` header) or ``None``.
+        provider: ``"openai"`` or ``"anthropic"`` (``None`` when unknown).
+        body: the parsed JSON error body (or its text) when the provider sent one; never request data.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        provider: str | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+        self.request_id = request_id
+        self.provider = provider
+        self.body = body
+
+    def __str__(self) -> str:
+        details = []
+        if self.status is not None:
+            details.append(f"status={self.status}")
+        if self.error_type:
+            details.append(f"type={self.error_type}")
+        if self.code:
+            details.append(f"code={self.code}")
+        if self.request_id:
+            details.append(f"request_id={self.request_id}")
+        prefix = f"{self.provider}: " if self.provider else ""
+        suffix = f" ({', '.join(details)})" if details else ""
+        return f"{prefix}{self.message}{suffix}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, status={self.status!r}, "
+            f"error_type={self.error_type!r}, code={self.code!r}, request_id={self.request_id!r}, "
+            f"provider={self.provider!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the keyword-only attributes when pickled (e.g. sent to another process).
+        return (_rebuild, (type(self), self.message, self._state()))
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "error_type": self.error_type,
+            "code": self.code,
+            "request_id": self.request_id,
+            "provider": self.provider,
+            "body": self.body,
+        }
+
+
+def _rebuild(cls: type[LLMError], message: str, state: dict[str, Any]) -> LLMError:
+    return cls(message, **state)
+
+
+class LLMConnectionError(LLMError, ConnectionError):
+    """The server could not be reached, or the connection broke before the response started."""
+
+
+class LLMTimeoutError(LLMError, TimeoutError):
+    """A connect, read or whole-call timeout expired."""
+
+
+class TruncatedStreamError(LLMError):
+    """The response stream ended before its terminal event; the tokens already streamed stay visible."""
+
+
+class ToolRoundsExceededError(LLMError):
+    """The model asked for more tool calls after ``max_tool_rounds`` rounds of tool calls."""
+
+
+class APIStatusError(LLMError):
+    """The provider reported an error: an HTTP error status, or an error event in the stream."""
+
+
+class BadRequestError(APIStatusError):
+    """The request was rejected as invalid (400, 413, 422 and other 4xx without a more specific class)."""
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt (plus the requested completion) does not fit the model's context window."""
+
+
+class AuthenticationError(APIStatusError):
+    """The API key is missing or invalid (401)."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """The API key may not use this resource (403)."""
+
+
+class NotFoundError(APIStatusError):
+    """The model or endpoint does not exist (404)."""
+
+
+class RateLimitError(APIStatusError):
+    """Too many requests or tokens, or the quota is exhausted (429)."""
+
+
+class ServerError(APIStatusError):
+    """The provider failed (5xx)."""
+
+
+class OverloadedError(ServerError):
+    """The provider is overloaded (Anthropic 529 / ``overloaded_error``)."""
+
+
+_BY_TYPE: dict[str, type[APIStatusError]] = {
+    "authentication_error": AuthenticationError,
+    "invalid_api_key": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "permission_denied": PermissionDeniedError,
+    "not_found_error": NotFoundError,
+    "model_not_found": NotFoundError,
+    "rate_limit_error": RateLimitError,
+    "rate_limit_exceeded": RateLimitError,
+    "insufficient_quota": RateLimitError,
+    "overloaded_error": OverloadedError,
+    "api_error": ServerError,
+    "server_error": ServerError,
+    "invalid_request_error": BadRequestError,
+    "request_too_large": BadRequestError,
+    "context_length_exceeded": ContextLengthError,
+    "exceed_context_size_error": ContextLengthError,
+}
+
+_CONTEXT_PHRASES = (
+    "context length",
+    "context window",
+    "context_length",
+    "prompt is too long",
+    "exceeds the available context",
+    "exceed_context_size",
+    "maximum context",
+    "too many tokens",
+)
+
+
+def error_class_for(
+    status: int | None, error_type: str | None, code: str | None, message: str
+) -> type[APIStatusError]:
+    """Pick the most specific :class:`APIStatusError` subclass for a provider error."""
+    lowered = message.lower()
+    if (
+        code in ("context_length_exceeded", "exceed_context_size_error")
+        or error_type in ("context_length_exceeded", "exceed_context_size_error")
+        or (
+            (status in (None, 400, 413) or error_type == "invalid_request_error")
+            and any(p in lowered for p in _CONTEXT_PHRASES)
+        )
+    ):
+        return ContextLengthError
+    if status is not None:
+        if status == 400 or status == 413 or status == 422:
+            return BadRequestError
+        if status == 401:
+            return AuthenticationError
+        if status == 403:
+            return PermissionDeniedError
+        if status == 404:
+            return NotFoundError
+        if status == 429:
+            return RateLimitError
+        if status == 529 or error_type == "overloaded_error":
+            return OverloadedError
+        if status >= 500:
+            return ServerError
+        if 400 <= status < 500 and status not in (408, 409):
+            return BadRequestError
+        return APIStatusError
+    for key in (code, error_type):
+        if key and key in _BY_TYPE:
+            return _BY_TYPE[key]
+    return APIStatusError

@@ -1,0 +1,236 @@
+"""The LLM agent loop: stream one model turn, run the requested tools concurrently, repeat."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import httpx
+
+from miniagents import InteractionContext, Message, MessagePromise, MessageWriter, MiniAgents, TextMessage
+from miniagents.llms._common import (
+    LLMOptions,
+    ProviderSpec,
+    ToolCallRecord,
+    parse_options,
+    resolve_api_key,
+    resolve_base_url,
+)
+from miniagents.llms._exceptions import LLMError, LLMTimeoutError, ToolRoundsExceededError
+from miniagents.llms._http import (
+    make_timeout,
+    open_stream,
+    request_id_of,
+    shared_http_client,
+    transport_error,
+)
+from miniagents.llms._sse import SSEDecoder
+from miniagents.llms._tools import Tool, as_tools, tool_result_text
+
+__all__ = ["run_llm_agent"]
+
+#: After the terminal event, at most this many bytes are read to let the connection be reused.
+_DRAIN_LIMIT = 64 * 1024
+_DRAIN_SECONDS = 1.0
+
+
+class _Turn:
+    """The reply message of one model turn, opened (and replied) lazily."""
+
+    def __init__(self, ctx: InteractionContext, known: Mapping[str, Any]) -> None:
+        self.ctx = ctx
+        self.known = dict(known)
+        self.writer: MessageWriter | None = None
+
+    def open(self) -> MessageWriter:
+        if self.writer is None:
+            promise, self.writer = MessagePromise.open(message_class=TextMessage, **self.known)
+            self.ctx.reply(promise)
+        return self.writer
+
+
+async def run_llm_agent(
+    ctx: InteractionContext, spec: ProviderSpec, agent_name: str, options: Mapping[str, Any]
+) -> None:
+    """Run one call of an LLM agent (see :func:`miniagents.llms.openai_agent`)."""
+    opts = parse_options(agent_name, options)
+    tools = as_tools(opts.tools)
+    tools_by_name = {t.name: t for t in tools}
+    client = opts.http_client if opts.http_client is not None else shared_http_client()
+    api_key = resolve_api_key(opts, spec)
+    base_url = resolve_base_url(opts, spec)
+    conversation: list[Message] = list(await ctx.messages)
+    rounds = 0
+    while True:
+        message = await _model_turn(ctx, spec, opts, tools, conversation, client, api_key, base_url)
+        if message is None:  # failed after its tokens became visible: consumers get the error there
+            return
+        calls = [
+            ToolCallRecord(id=str(c["id"]), name=str(c["name"]), arguments=str(c["arguments"]))
+            for c in message.get("tool_calls") or ()
+        ]
+        if not calls:
+            return
+        if rounds >= opts.max_tool_rounds:
+            raise ToolRoundsExceededError(
+                f"the model asked for tools again after max_tool_rounds={opts.max_tool_rounds} rounds",
+                provider=spec.name,
+                request_id=message.get("request_id"),
+            )
+        rounds += 1
+        results = await _run_tools(calls, tools_by_name, spec.name)
+        for result in results:
+            if opts.reply_tool_messages:
+                ctx.reply(result)
+            else:
+                MiniAgents.current().persist(result)
+        conversation.extend([message, *results])
+
+
+async def _model_turn(
+    ctx: InteractionContext,
+    spec: ProviderSpec,
+    opts: LLMOptions,
+    tools: Sequence[Tool],
+    conversation: Sequence[Message],
+    client: httpx.AsyncClient,
+    api_key: str,
+    base_url: str,
+) -> Message | None:
+    """Stream one model response into a replied message; return it, or ``None`` if it failed visibly.
+
+    A failure before any token is visible is raised (the call fails); a failure after tokens were streamed
+    fails the message itself (consumers see the tokens, then the error) and ``None`` is returned, so the error
+    is reported exactly once.
+    """
+    url, headers, body = spec.request(opts, conversation, tools, api_key, base_url)
+    if opts.extra_headers:
+        headers.update(opts.extra_headers)
+    timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
+    turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
+    try:
+        with anyio.move_on_after(opts.timeout if opts.timeout is not None else float("inf")) as deadline:
+            message = await _stream(turn, spec, opts, client, url, headers, body, timeout)
+        if deadline.cancelled_caught:
+            raise LLMTimeoutError(
+                f"the model call took longer than timeout={opts.timeout} s", provider=spec.name
+            )
+    except LLMError as error:
+        if turn.writer is None:
+            raise
+        turn.writer.fail(error)
+        return None
+    return message
+
+
+async def _stream(
+    turn: _Turn,
+    spec: ProviderSpec,
+    opts: LLMOptions,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    timeout: httpx.Timeout,
+) -> Message:
+    secrets = [value for value in headers.values() if value]
+    async with open_stream(
+        client,
+        url,
+        headers=headers,
+        body=body,
+        timeout=timeout,
+        retry=opts.retry(),
+        provider=spec.name,
+        secrets=secrets,
+    ) as response:
+        request_id = request_id_of(response.headers)
+        if request_id:
+            turn.known["request_id"] = request_id
+        decoder = spec.decoder(opts, request_id)
+        sse = SSEDecoder()
+        chunks = response.aiter_bytes()
+        try:
+            async for chunk in chunks:
+                for event in sse.feed(chunk):
+                    for token in decoder.feed(event):
+                        turn.open().send(token)
+                    if decoder.finished:
+                        break
+                if decoder.finished:
+                    break
+            else:
+                for event in sse.close():
+                    for token in decoder.feed(event):
+                        turn.open().send(token)
+        except httpx.TransportError as exc:
+            raise transport_error(
+                exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
+            ) from None
+        if decoder.finished:
+            await _drain(chunks)
+        fields, calls = decoder.result()
+    if calls:
+        fields["tool_calls"] = [c.as_field() for c in calls]
+    if turn.writer is None and calls and not opts.reply_tool_messages:
+        message: Message = TextMessage(content="", **{**turn.known, **fields})
+        MiniAgents.current().persist(message)
+        return message
+    return turn.open().finish(**fields)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows the terminal event (normally just the end of the body) so the connection is reused.
+
+    Bounded in size and time: a server that keeps the body open after the terminal event is simply cut off.
+    """
+    drained = 0
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        try:
+            async for chunk in chunks:
+                drained += len(chunk)
+                if drained > _DRAIN_LIMIT:
+                    break
+        except httpx.TransportError:
+            pass
+
+
+async def _run_tools(
+    calls: Sequence[ToolCallRecord], tools: Mapping[str, Tool], provider: str
+) -> list[Message]:
+    """Run the calls of one turn concurrently; results keep the order of the calls."""
+    results: list[Message | None] = [None] * len(calls)
+
+    async def run_one(index: int, call: ToolCallRecord) -> None:
+        is_error = False
+        try:
+            tool = tools.get(call.name)
+            if tool is None:
+                raise LookupError(
+                    f"unknown tool {call.name!r}; available: {', '.join(sorted(tools)) or 'none'}"
+                )
+            try:
+                arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"the arguments are not valid JSON: {exc}") from None
+            if not isinstance(arguments, dict):
+                raise TypeError("the arguments must be a JSON object")
+            text = tool_result_text(await tool.handler(arguments))
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            is_error = True
+        results[index] = TextMessage(
+            content=text,
+            role="tool",
+            tool_call_id=call.id,
+            tool_name=call.name,
+            is_error=is_error,
+            provider=provider,
+        )
+
+    async with anyio.create_task_group() as tg:
+        for index, call in enumerate(calls):
+            tg.start_soon(run_one, index, call)
+    return [r for r in results if r is not None]

@@ -1,0 +1,228 @@
+"""OpenAI Chat Completions (and OpenAI-compatible servers): request mapping and stream decoding."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from miniagents.llms._common import LLMOptions, ToolCallRecord, message_role, thaw, tool_calls_of
+from miniagents.llms._exceptions import LLMError, TruncatedStreamError
+from miniagents.llms._http import build_status_error
+from miniagents.llms._sse import ServerSentEvent
+from miniagents.llms._tools import Tool
+
+__all__ = ["OpenAIDecoder", "OpenAISpec"]
+
+_PASS_THROUGH_ROLES = frozenset({"system", "developer", "user"})
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice is None or isinstance(choice, (dict,)) or hasattr(choice, "items"):
+        return thaw(choice)
+    if choice in ("auto", "none", "required"):
+        return choice
+    if choice == "any":
+        return "required"
+    return {"type": "function", "function": {"name": str(choice)}}
+
+
+def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[str, Any]]:
+    """Map conversation messages to Chat Completions ``messages``.
+
+    LLM replies (``role="assistant"``) become assistant turns with their ``tool_calls``; tool results
+    (``role="tool"``) become tool turns; ``system``/``developer`` messages keep their role; anything else is a
+    user turn.  Empty user messages are skipped.
+    """
+    messages: list[dict[str, Any]] = []
+    if options.system:
+        messages.append({"role": "system", "content": options.system})
+    for message in history:
+        role = message_role(message)
+        content = str(message)
+        if role == "assistant":
+            calls = tool_calls_of(message)
+            entry: dict[str, Any] = {
+                "role": "assistant",
+                "content": content if content or not calls else None,
+            }
+            if calls:
+                entry["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls
+                ]
+            messages.append(entry)
+        elif role == "tool":
+            messages.append(
+                {"role": "tool", "tool_call_id": str(message.get("tool_call_id", "")), "content": content}
+            )
+        elif role in _PASS_THROUGH_ROLES and role != "user":
+            messages.append({"role": role, "content": content})
+        elif content:
+            messages.append({"role": "user", "content": content})
+    return messages
+
+
+class OpenAISpec:
+    """The OpenAI Chat Completions provider."""
+
+    name = "openai"
+    api_key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
+
+    def request(
+        self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Return the URL, headers and body of a streaming chat completion."""
+        body: dict[str, Any] = {
+            "model": options.model,
+            "messages": openai_messages(options, history),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        if options.max_tokens is not None:
+            body["max_completion_tokens"] = options.max_tokens
+        if options.stop:
+            body["stop"] = list(options.stop)
+        if tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": thaw(t.parameters),
+                    },
+                }
+                for t in tools
+            ]
+            if options.tool_choice is not None:
+                body["tool_choice"] = _tool_choice(options.tool_choice)
+            if options.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = options.parallel_tool_calls
+        if options.extra_body:
+            body.update(thaw(options.extra_body))
+        # No key, no header: local OpenAI-compatible servers often need none (the server decides: 401).
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        return f"{base_url}/chat/completions", headers, body
+
+    def decoder(self, options: LLMOptions, request_id: str | None) -> OpenAIDecoder:
+        """Return a decoder for one stream."""
+        return OpenAIDecoder(model=options.model, request_id=request_id)
+
+
+class _PartialCall:
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments: list[str] = []
+
+
+class OpenAIDecoder:
+    """Decode ``chat.completion.chunk`` events.
+
+    Text comes from ``delta.content`` (choice 0).  Tool-call fragments are assembled per ``index``: ``id`` and
+    ``name`` are set once (servers that repeat them in every fragment are handled), ``arguments`` are
+    concatenated.  The stream is complete only after a ``finish_reason`` and ``[DONE]``; an ``{"error": ...}``
+    event raises the typed error at once.
+    """
+
+    def __init__(self, *, model: str, request_id: str | None) -> None:
+        self._fields: dict[str, Any] = {"model": model}
+        self._request_id = request_id
+        self._calls: dict[int, _PartialCall] = {}
+        self._refusal: list[str] = []
+        self._finish_reason: str | None = None
+        self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``[DONE]`` arrived."""
+        return self._done
+
+    def feed(self, event: ServerSentEvent) -> list[str]:
+        """Consume one event; return its text tokens."""
+        if self._done:
+            return []
+        data = event.data
+        if data.strip() == "[DONE]":
+            self._done = True
+            return []
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise LLMError(
+                f"malformed stream event (not JSON): {data[:200]!r}",
+                provider="openai",
+                request_id=self._request_id,
+            ) from None
+        if not isinstance(chunk, dict):
+            return []
+        if chunk.get("error"):
+            raise build_status_error(
+                None, {"x-request-id": self._request_id or ""}, data.encode(), provider="openai"
+            )
+        if chunk.get("id"):
+            self._fields["response_id"] = chunk["id"]
+        if chunk.get("model"):
+            self._fields["model"] = chunk["model"]
+        if chunk.get("system_fingerprint"):
+            self._fields["system_fingerprint"] = chunk["system_fingerprint"]
+        if isinstance(chunk.get("usage"), dict):
+            self._fields["usage"] = chunk["usage"]
+        tokens: list[str] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                tokens.append(content)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                self._refusal.append(refusal)
+            for fragment in delta.get("tool_calls") or ():
+                self._tool_fragment(fragment)
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+        return tokens
+
+    def _tool_fragment(self, fragment: Any) -> None:
+        if not isinstance(fragment, dict):
+            return
+        index = fragment.get("index", len(self._calls))
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = _PartialCall()
+        if fragment.get("id") and not call.id:
+            call.id = fragment["id"]
+        function = fragment.get("function") or {}
+        if function.get("name") and not call.name:
+            call.name = function["name"]
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            call.arguments.append(arguments)
+
+    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
+        """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
+        if not self._done or self._finish_reason is None:
+            missing = "[DONE]" if self._finish_reason is not None else "a finish_reason"
+            raise TruncatedStreamError(
+                f"the stream ended without {missing}", provider="openai", request_id=self._request_id
+            )
+        fields = dict(self._fields)
+        fields["finish_reason"] = self._finish_reason
+        if self._refusal:
+            fields["refusal"] = "".join(self._refusal)
+        calls = [
+            ToolCallRecord(id=c.id or f"call_{i}", name=c.name, arguments="".join(c.arguments) or "{}")
+            for i, c in sorted(self._calls.items())
+        ]
+        return fields, calls
