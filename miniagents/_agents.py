@@ -26,7 +26,7 @@ from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, Seq
 from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
-from miniagents._records import CallOutcome, CallRecord
+from miniagents._records import CallOutcome, CallRecord, redact
 from miniagents._scope import current_owner
 from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
 
@@ -511,7 +511,7 @@ class AgentCall:
             call_id=self.call_id,
             parent_call_id=None if self.parent is None else self.parent.call_id,
             agent_alias=self.agent.alias,
-            kwargs=self.kwargs,
+            kwargs=redact(self.kwargs),
             started_at=self._started_at,
             finished_at=time.time(),
             outcome=outcome,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import attrs
@@ -10,6 +11,24 @@ from miniagents._frozen import FrozenDict
 from miniagents._messages import Message
 
 CallOutcome = Literal["completed", "failed", "cancelled"]
+
+#: Kwarg and mapping-key names whose values never leave the process in a record (API keys, tokens, ...).
+SECRET_NAME = re.compile(r"api[_-]?key|secret|password|passwd|token|authorization|credential|cookie", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any) -> Any:
+    """Return *value* with every mapping entry whose key looks secret (:data:`SECRET_NAME`) replaced."""
+    if isinstance(value, FrozenDict):
+        return FrozenDict(
+            {
+                k: REDACTED if isinstance(k, str) and SECRET_NAME.search(k) else redact(v)
+                for k, v in value.items()
+            }
+        )
+    if isinstance(value, tuple):
+        return tuple(redact(v) for v in value)
+    return value
 
 
 @attrs.frozen(kw_only=True)
@@ -20,7 +39,9 @@ class CallRecord:
     unique within the process and ``parent_call_id`` names the call that started this one (``None`` for calls
     started outside any agent).  ``input_messages`` and ``reply_messages`` are the messages of the call's input
     and replies, in order, that had resolved when the call ended; every one of them was passed to the
-    ``on_persist_message`` handlers before this record.
+    ``on_persist_message`` handlers before this record.  ``kwargs`` are the call's kwargs with secrets
+    redacted: any entry, at any depth, whose name looks like an API key, token, password or authorization
+    header holds ``"<redacted>"`` instead, so records can be persisted safely.
     """
 
     run_id: str

@@ -180,3 +180,25 @@ async def test_a_store_object_gets_messages_and_calls_and_is_entered_and_exited(
 def test_a_store_without_the_handler_method_is_rejected() -> None:
     with pytest.raises(TypeError, match="on_persist_message"):
         MiniAgents(store=object())  # type: ignore[arg-type]
+
+
+async def test_call_records_never_carry_secrets() -> None:
+    records = []
+
+    @miniagent
+    async def configured(ctx: InteractionContext, **options: object) -> None:
+        ctx.reply("ok")
+
+    async with MiniAgents(on_call_finished=records.append):
+        await configured.inquire(
+            api_key="sk-SENTINEL",
+            model="m",
+            extra_headers={"Authorization": "Bearer sk-SENTINEL", "X-Trace": "t"},
+            nested=[{"refresh_token": "sk-SENTINEL"}],
+        )
+    (record,) = records
+    assert "sk-SENTINEL" not in repr(record)
+    assert record.kwargs["api_key"] == "<redacted>"
+    assert record.kwargs["model"] == "m"
+    assert dict(record.kwargs["extra_headers"]) == {"Authorization": "<redacted>", "X-Trace": "t"}
+    assert record.kwargs["nested"][0]["refresh_token"] == "<redacted>"
