@@ -257,16 +257,21 @@ class MiniAgents:
             event.set()
 
     async def _persistence_worker(self) -> None:
+        # Shielded: what was produced before a cancellation (and the records of the calls it cancelled)
+        # still reaches the handlers.  The loop ends once _after_calls() says the context is closing, which
+        # happens on every exit path, cancellation included.
+        with anyio.CancelScope(shield=True):
+            await self._persistence_loop()
+
+    async def _persistence_loop(self) -> None:
         queue = self._persist_queue
         while True:
             while queue:
                 item = queue.popleft()
                 if isinstance(item, CallRecord):
                     handlers: list[Any] = self._call_handlers
-                    what = f"on_call_finished handler {{}} for call #{item.call_id} of {item.agent_alias!r}"
                 else:
                     handlers = self._handlers
-                    what = f"on_persist_message handler {{}} for message {item.hash_key[:12]}"
                     self._persisted += 1
                 for handler in handlers:
                     try:
@@ -274,9 +279,7 @@ class MiniAgents:
                         if inspect.isawaitable(result):
                             await result
                     except Exception as exc:
-                        name = getattr(handler, "__qualname__", repr(handler))
-                        _add_note(exc, "miniagents: in " + what.format(name))
-                        self.ledger.record_error(exc)
+                        self.ledger.record_error(_with_handler_note(exc, handler, item))
             if self._persist_closing:
                 return
             event = self._persist_event = anyio.Event()
@@ -377,6 +380,16 @@ class MiniAgents:
             return result
 
         return anyio.run(runner, backend=backend, backend_options=backend_options)
+
+
+def _with_handler_note(error: Exception, handler: Any, item: Message | CallRecord) -> Exception:
+    name = getattr(handler, "__qualname__", repr(handler))
+    if isinstance(item, CallRecord):
+        what = f"on_call_finished handler {name} for call #{item.call_id} of {item.agent_alias!r}"
+    else:
+        what = f"on_persist_message handler {name} for message {item.hash_key[:12]}"
+    _add_note(error, "miniagents: in " + what)
+    return error
 
 
 def _handler_list(handlers: Any, option: str) -> list[Any]:

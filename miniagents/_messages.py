@@ -50,6 +50,16 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_CLASS_JSON: dict[type, str] = {}
+
+
+def _class_json(cls: type) -> str:
+    text = _CLASS_JSON.get(cls)
+    if text is None:
+        text = _CLASS_JSON[cls] = json.dumps(class_path(cls))
+    return text
+
+
 @attrs.frozen(kw_only=True, init=False, repr=False)
 class Message:
     """An immutable message.
@@ -150,7 +160,15 @@ class Message:
 
     def sub_messages(self) -> Iterator[Message]:
         """Yield the messages nested in this message's fields (not recursively into them), in field order."""
-        for value in self.fields().values():
+        declared = _declared_fields(type(self))
+        if not declared and not self._extra:
+            return iter(())  # content only: the common case, on the persistence path
+        return self._iter_sub_messages(declared)
+
+    def _iter_sub_messages(self, declared: tuple[str, ...]) -> Iterator[Message]:
+        for name in declared:
+            yield from _iter_messages(getattr(self, name))
+        for value in self._extra.values():
             yield from _iter_messages(value)
 
     @property
@@ -161,7 +179,12 @@ class Message:
         """
         key = self._hash_key_cache
         if key is None:
-            canonical = _canonical_json(self._encode_fields(canonical=True))
+            cls = type(self)
+            if not self._extra and not _declared_fields(cls):
+                # Content only: the canonical JSON, written directly (keys in sorted order).
+                canonical = f'{{"class":{_class_json(cls)},"content":{json.dumps(self.content)}}}'
+            else:
+                canonical = _canonical_json(self._encode_fields(canonical=True))
             key = hashlib.sha256(canonical.encode("ascii")).hexdigest()
             object.__setattr__(self, "_hash_key_cache", key)
         return key

@@ -560,3 +560,13 @@ class TestProperties:
     def test_str_is_content_for_any_text(self, text: str) -> None:
         for cls in (Message, TextMessage, ErrorMessage, Note):
             assert str(cls(content=text)) == text
+
+
+@pytest.mark.parametrize(
+    "content", ["", "plain", 'quotes " and \\ backslashes', "héllo wörld ✓", "\ud83d lone"]
+)
+def test_content_only_fast_path_key_equals_the_canonical_form(content: str) -> None:
+    for cls in (Message, TextMessage):
+        msg = cls(content=content)
+        canonical = json.dumps(msg.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        assert msg.hash_key == hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -202,3 +202,21 @@ async def test_call_records_never_carry_secrets() -> None:
     assert record.kwargs["model"] == "m"
     assert dict(record.kwargs["extra_headers"]) == {"Authorization": "<redacted>", "X-Trace": "t"}
     assert record.kwargs["nested"][0]["refresh_token"] == "<redacted>"
+
+
+async def test_a_cancelled_block_still_hands_everything_to_the_handlers() -> None:
+    messages: list[str] = []
+    records = []
+
+    @miniagent
+    async def hangs(ctx: InteractionContext) -> None:
+        ctx.reply("before the cancellation")
+        await anyio.sleep_forever()
+
+    with anyio.move_on_after(0.05):
+        async with MiniAgents(
+            on_persist_message=lambda m: messages.append(m.content), on_call_finished=records.append
+        ):
+            await hangs.inquire("input")
+    assert messages == ["input", "before the cancellation"]
+    assert [r.outcome for r in records] == ["cancelled"]
