@@ -1,0 +1,118 @@
+"""Persistence benchmark: messages/s persisted by ``SQLiteStore`` and the W2 slowdown with the store on vs off.
+
+W2 is 100k messages through a chain of 5 forwarding agents (as in ``impl_ours.py``).  Each repetition runs the
+variants side by side in one process, in alternating order: ``off`` (no persistence), ``noop`` (a no-op
+``on_persist_message`` handler: the runtime's own persistence cost), and ``store`` (``SQLiteStore`` with call
+records, to a fresh file; the time includes closing the store, i.e. until everything is committed).
+``direct`` feeds the same 100k messages straight into the store's handler and closes it: the store's own
+throughput, without the agents.
+
+    python benchmarks/bench_persistence.py [--size 100000] [--reps 3] [--backend trio]
+
+Reports medians of wall time and process CPU time (all threads), the slowdown store/off and messages/s.
+Targets (issue #6): slowdown <= 1.5x, >= 50,000 messages/s persisted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from miniagents import InteractionContext, Message, MiniAgents, TextMessage, miniagent
+from miniagents.persistence import SQLiteStore
+
+
+@miniagent
+async def forward(ctx: InteractionContext) -> None:
+    async for msg in ctx.messages:
+        ctx.reply(msg)
+
+
+async def w2(n: int, **options: object) -> int:
+    msgs = [f"m{i}" for i in range(n)]
+    count = 0
+    async with MiniAgents(**options):  # type: ignore[arg-type]
+        seq = forward.inquire(msgs)
+        for _ in range(4):
+            seq = forward.inquire(seq)
+        async for _msg in seq:
+            count += 1
+    assert count == n
+    return count
+
+
+async def direct(n: int, path: str) -> int:
+    messages: list[Message] = [TextMessage(content=f"d{i}") for i in range(n)]
+    for message in messages:
+        _ = message.hash_key  # the runtime computes keys before handing messages over
+    store = SQLiteStore(path)
+    gc.collect()
+    started = time.perf_counter()
+    async with store:
+        for message in messages:
+            store.on_persist_message(message)
+    elapsed = time.perf_counter() - started
+    assert store.statistics().stored_messages == n
+    return int(n / elapsed)
+
+
+def measure(fn: Callable[[], Awaitable[object]], backend: str) -> tuple[float, float]:
+    gc.collect()
+    wall, cpu = time.perf_counter(), time.process_time()
+    anyio.run(fn, backend=backend)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    args = parser.parse_args()
+    n = args.size
+    results: dict[str, list[tuple[float, float]]] = {"off": [], "noop": [], "store": []}
+    rates: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            order = ["off", "noop", "store"] if rep % 2 == 0 else ["store", "noop", "off"]
+            for variant in order:
+                if variant == "off":
+                    results[variant].append(measure(lambda: w2(n), args.backend))
+                elif variant == "noop":
+                    results[variant].append(measure(lambda: w2(n, on_persist_message=_noop), args.backend))
+                else:
+                    path = str(Path(tmp) / f"w2-{rep}.db")
+                    results[variant].append(measure(lambda p=path: w2(n, store=SQLiteStore(p)), args.backend))
+            rates.append(anyio.run(direct, n, str(Path(tmp) / f"direct-{rep}.db"), backend=args.backend))
+    median = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in results.items()
+    }
+    print(f"W2: {n} messages through 5 forwarding agents, backend={args.backend}, reps={args.reps} (medians)")
+    for variant, (wall, cpu) in median.items():
+        print(f"  {variant:6s} wall {wall:7.3f} s   cpu {cpu:7.3f} s")
+    off_wall, off_cpu = median["off"]
+    store_wall, store_cpu = median["store"]
+    print(
+        f"  slowdown store/off: wall {store_wall / off_wall:.2f}x  cpu {store_cpu / off_cpu:.2f}x  (target <= 1.5x)"
+    )
+    print(f"  slowdown noop/off (runtime persistence path alone): wall {median['noop'][0] / off_wall:.2f}x")
+    print(
+        f"  W2 with store: {int(n / store_wall)} messages/s persisted end to end (incl. agents, calls and commit)"
+    )
+    print(f"direct: {statistics.median(rates)} messages/s into SQLiteStore (target >= 50,000)")
+
+
+def _noop(message: Message) -> None:
+    return None
+
+
+if __name__ == "__main__":
+    main()

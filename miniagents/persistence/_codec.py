@@ -1,0 +1,122 @@
+"""Turning messages, kwargs and id sequences into column values and back (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import array
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from miniagents._frozen import FrozenDict
+from miniagents._messages import Message
+
+TAG = "$t"
+REF = "ref"
+_PLAIN = (str, int, float, bool, type(None))
+_BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache"})
+_SIMPLE: dict[type[Message], bool] = {}
+_MESSAGE_CLASS = f"{Message.__module__}:{Message.__qualname__}"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def encode_message(message: Message) -> tuple[str, str, str | None, list[Message]]:
+    """Return ``(class, content, fields_json, nested)`` for the ``messages`` row of *message*.
+
+    ``fields_json`` holds every field but ``class`` and ``content`` as ``to_dict()`` encodes them (``None``
+    when there is none), with each nested message replaced by ``{"$t": "ref", "k": hash_key}``; ``nested``
+    lists those messages in the order of their references.  Messages inside a ``frozenset`` or used as mapping
+    keys stay inline (they still round-trip; they are also stored as rows of their own by the runtime).
+    """
+    cls_type = type(message)
+    simple = _SIMPLE.get(cls_type)
+    if simple is None:
+        simple = _SIMPLE[cls_type] = not any(a.name not in _BASE_FIELDS for a in attrs.fields(cls_type))
+    if simple and not message.extra_fields:  # the common case (TextMessage & co): no encoding needed
+        return f"{cls_type.__module__}:{cls_type.__qualname__}", message.content, None, []
+    data = message.to_dict()
+    cls = data.pop("class")
+    content = data.pop("content", "")
+    if not data:
+        return cls, content, None, []
+    nested: list[Message] = []
+    for value in data.values():
+        if not isinstance(value, _PLAIN):
+            fields = message.fields()
+            for name in data:
+                data[name] = _strip(fields[name], data[name], nested)
+            break
+    return cls, content, _dumps(data), nested
+
+
+def _strip(value: Any, encoded: Any, nested: list[Message]) -> Any:
+    if isinstance(value, Message):
+        nested.append(value)
+        return {TAG: REF, "k": value.hash_key}
+    if isinstance(value, tuple) and isinstance(encoded, list):
+        return [_strip(v, e, nested) for v, e in zip(value, encoded, strict=True)]
+    if isinstance(value, FrozenDict) and isinstance(encoded, dict):
+        if encoded.get(TAG) == "dict":
+            pairs = zip(value.values(), encoded["v"], strict=True)
+            return {TAG: "dict", "v": [[pair[0], _strip(v, pair[1], nested)] for v, pair in pairs]}
+        return {k: _strip(value[k], e, nested) for k, e in encoded.items()}
+    return encoded
+
+
+def decode_row(
+    cls: str, content: str, fields_json: str | None, nested: int, load: Callable[[str], dict[str, Any]]
+) -> dict[str, Any]:
+    """Rebuild the ``to_dict()`` form of a stored message; *load* returns a nested message's form by key."""
+    data: dict[str, Any] = {"class": cls, "content": content}
+    if fields_json is not None:
+        fields = json.loads(fields_json)
+        if nested:
+            fields = _resolve(fields, load)
+        data.update(fields)
+    return data
+
+
+def _resolve(value: Any, load: Callable[[str], dict[str, Any]]) -> Any:
+    if isinstance(value, list):
+        return [_resolve(v, load) for v in value]
+    if isinstance(value, dict):
+        if value.get(TAG) == REF:
+            return {TAG: "message", "v": load(value["k"])}
+        return {k: _resolve(v, load) for k, v in value.items()}
+    return value
+
+
+def encode_kwargs(kwargs: FrozenDict[str, Any]) -> str:
+    """JSON of a call's frozen kwargs, in the encoding messages use (so every freezable value round-trips)."""
+    if not kwargs:
+        return "{}"
+    return _dumps(Message(kwargs=kwargs).to_dict()["kwargs"])
+
+
+def decode_kwargs(text: str) -> FrozenDict[str, Any]:
+    """The frozen kwargs from :func:`encode_kwargs` output."""
+    encoded = json.loads(text)
+    if not encoded:
+        return FrozenDict({})
+    carrier = Message.from_dict({"class": _MESSAGE_CLASS, "content": "", "kwargs": encoded})
+    kwargs: FrozenDict[str, Any] = carrier.kwargs
+    return kwargs
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    """Message ids as little-endian signed 64-bit integers."""
+    packed = array.array("q", ids)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_ids(blob: bytes) -> list[int]:
+    """The ids packed by :func:`pack_ids`."""
+    packed = array.array("q")
+    packed.frombytes(blob)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        packed.byteswap()
+    return packed.tolist()

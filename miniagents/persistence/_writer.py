@@ -1,0 +1,354 @@
+"""The writer thread: owns the only write connection and commits queued items in batches.
+
+The event loop never touches SQLite.  :meth:`Writer.put` appends to a ``deque`` (atomic under the GIL) and,
+on the first item after the queue was empty and on every ``batch_size``-th item, sets a ``threading.Event``;
+nothing else happens on the caller's thread.  The thread sleeps until woken, then gives a batch up to
+``flush_interval`` seconds to fill (less when ``batch_size`` items are queued or a flush is requested), and
+commits up to ``batch_size`` items per ``BEGIN IMMEDIATE`` transaction.
+
+A batch that fails is rolled back and its items are retried one per transaction, so one bad item (a constraint,
+an unencodable value) loses only itself; every failure is kept in :attr:`Writer.errors` for the store to raise.
+Committed data survives a crash of the process (WAL with ``synchronous=NORMAL``); ``durable=True`` selects
+``synchronous=FULL``, which also survives power loss.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from miniagents._messages import Message
+from miniagents._records import CallRecord
+from miniagents.persistence._codec import encode_kwargs, encode_message, pack_ids
+from miniagents.persistence._schema import migrate
+
+Item = Message | CallRecord
+CommitHook = Callable[[Sequence[str]], None]
+_MAX_KEPT_ERRORS = 20
+_ID_CACHE_LIMIT = 2_000_000
+_SELECT_CHUNK = 500
+
+
+class FlushRequest:
+    """A marker in the queue: set once every item queued before it is committed (or failed)."""
+
+    __slots__ = ("closing", "done")
+
+    def __init__(self, *, closing: bool = False) -> None:
+        self.closing = closing
+        self.done = threading.Event()
+
+
+def connect(path: str, *, timeout: float, durable: bool) -> sqlite3.Connection:
+    """Open *path* in autocommit mode (transactions are explicit), WAL, and migrate the schema."""
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and path != ":memory:":
+            raise sqlite3.OperationalError(f"could not switch {path!r} to WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hash_key index stays in memory
+        db.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint (and fsync) every ~40 MB of WAL, not 4 MB
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class Writer:
+    """One writer thread and its queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        durable: bool,
+        timeout: float,
+        on_commit: CommitHook | None,
+    ) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.durable = durable
+        self.timeout = timeout
+        self.on_commit = on_commit
+        self.queue: deque[Item | FlushRequest] = deque()
+        self.errors: list[BaseException] = []
+        self.failed_items = 0
+        self.commits = 0
+        self.stored_messages = 0
+        self.stored_calls = 0
+        self.ready = threading.Event()
+        self.open_error: BaseException | None = None
+        self.finished = False
+        self._wake = threading.Event()
+        self._urgent = False
+        self._ids: dict[str, int] = {}
+        self._db: sqlite3.Connection | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"miniagents-sqlite-writer {path}", daemon=True
+        )
+
+    # -- caller side (any thread; the event loop in practice) ---------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: Item) -> None:
+        """Queue *item*; never blocks."""
+        queue = self.queue
+        queue.append(item)
+        size = len(queue)
+        if size == 1 or size % self.batch_size == 0:
+            self._wake.set()
+
+    def request_flush(self, *, closing: bool = False) -> FlushRequest:
+        """Ask the thread to commit everything queued so far now (and to stop afterwards if *closing*)."""
+        request = FlushRequest(closing=closing)
+        self.queue.append(request)
+        self._urgent = True
+        self._wake.set()
+        return request
+
+    def wait(self, request: FlushRequest) -> None:
+        """Block until *request* is done (or the thread died)."""
+        while not request.done.wait(0.05):
+            if not self._thread.is_alive():
+                return
+
+    def join(self) -> None:
+        self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the thread -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._db = connect(self.path, timeout=self.timeout, durable=self.durable)
+        except BaseException as exc:  # reported by the store
+            self.open_error = exc
+            self.finished = True
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._loop()
+        finally:
+            self.finished = True
+            self._db.close()
+
+    def _loop(self) -> None:
+        queue = self.queue
+        wake = self._wake
+        while True:
+            if not queue:
+                wake.wait()
+                wake.clear()
+                continue
+            if not self._urgent and len(queue) < self.batch_size:
+                wake.wait(self.flush_interval)
+                wake.clear()
+            self._urgent = False
+            closing = False
+            while queue and not closing:
+                batch: list[Item] = []
+                request: FlushRequest | None = None
+                while queue and len(batch) < self.batch_size:
+                    item = queue.popleft()
+                    if isinstance(item, FlushRequest):
+                        request = item
+                        break
+                    batch.append(item)
+                if batch:
+                    self._commit(batch)
+                if request is not None:
+                    request.done.set()
+                    closing = request.closing
+            if closing:
+                for item in queue:  # a store that is closed takes nothing more; late flushes return
+                    if isinstance(item, FlushRequest):
+                        item.done.set()
+                return
+
+    def _commit(self, batch: list[Item]) -> None:
+        try:
+            keys = self._write(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._failed(exc, batch[0])
+                return
+            for item in batch:  # isolate the item(s) that fail
+                try:
+                    keys = self._write([item])
+                except Exception as item_exc:
+                    self._failed(item_exc, item)
+                else:
+                    self._committed(keys)
+            return
+        self._committed(keys)
+
+    def _committed(self, keys: Sequence[str]) -> None:
+        self.commits += 1
+        hook = self.on_commit
+        if hook is not None:
+            try:
+                hook(keys)
+            except Exception as exc:
+                self._keep(exc)
+
+    def _failed(self, exc: Exception, item: Item) -> None:
+        self.failed_items += 1
+        what = (
+            f"message {item.hash_key[:12]}"
+            if isinstance(item, Message)
+            else f"call #{item.call_id} of {item.agent_alias!r} (run {item.run_id[:8]})"
+        )
+        note = f"miniagents.persistence: could not store {what} in {self.path!r}"
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        self._keep(exc)
+
+    def _keep(self, exc: BaseException) -> None:
+        if len(self.errors) < _MAX_KEPT_ERRORS:
+            self.errors.append(exc)
+
+    def _write(self, batch: list[Item]) -> list[str]:
+        """Store *batch* in one transaction; return the keys of the messages it stored or found stored."""
+        db = self._db
+        assert db is not None
+        ids = self._ids
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            next_id: int = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
+            new: dict[str, int] = {}
+            rows: list[tuple[Any, ...]] = []
+            refs: list[tuple[int, int, int]] = []
+
+            def ensure(message: Message) -> int:
+                nonlocal next_id
+                key = message.hash_key
+                known = ids.get(key)
+                if known is None:
+                    known = new.get(key)
+                if known is not None:
+                    return known
+                cls, content, fields, nested = encode_message(message)
+                children = [ensure(child) for child in nested]
+                message_id = next_id
+                next_id += 1
+                new[key] = message_id
+                rows.append((message_id, key, cls, content, fields, len(children), now))
+                if children:
+                    refs.extend((message_id, position, child) for position, child in enumerate(children))
+                return message_id
+
+            calls: list[tuple[CallRecord, list[int], list[int]]] = []
+            for item in batch:
+                if isinstance(item, Message):
+                    ensure(item)
+                else:
+                    calls.append(
+                        (
+                            item,
+                            [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in item.input_messages],
+                            [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in item.reply_messages],
+                        )
+                    )
+            if rows:
+                before = db.total_changes
+                db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                inserted = db.total_changes - before
+                if inserted != len(rows):  # some were stored already (an earlier run, another process)
+                    remap = self._existing(db, new)
+                    if remap:
+                        refs = [(remap.get(p, p), pos, remap.get(c, c)) for p, pos, c in refs]
+                        calls = [
+                            (r, [remap.get(i, i) for i in ins], [remap.get(i, i) for i in outs])
+                            for r, ins, outs in calls
+                        ]
+                inserted_messages = inserted
+            else:
+                inserted_messages = 0
+            if refs:
+                db.executemany("INSERT OR IGNORE INTO message_refs VALUES (?, ?, ?)", refs)
+            inserted_calls = 0
+            for record, input_ids, reply_ids in calls:
+                inserted_calls += self._write_call(db, record, input_ids, reply_ids)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.stored_messages += inserted_messages
+        self.stored_calls += inserted_calls
+        if len(ids) + len(new) > _ID_CACHE_LIMIT:
+            ids.clear()
+        ids.update(new)
+        keys = list(new)
+        keys.extend(item.hash_key for item in batch if isinstance(item, Message) and item.hash_key not in new)
+        return keys
+
+    @staticmethod
+    def _existing(db: sqlite3.Connection, new: dict[str, int]) -> dict[int, int]:
+        """Point *new* at the ids the rows really have; return the provisional-to-real remapping."""
+        remap: dict[int, int] = {}
+        keys = list(new)
+        for start in range(0, len(keys), _SELECT_CHUNK):
+            chunk = keys[start : start + _SELECT_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for real, key in db.execute(
+                f"SELECT id, hash_key FROM messages WHERE hash_key IN ({marks})", chunk
+            ):
+                provisional = new[key]
+                if provisional != real:
+                    remap[provisional] = real
+                    new[key] = real
+        return remap
+
+    @staticmethod
+    def _write_call(
+        db: sqlite3.Connection, record: CallRecord, input_ids: list[int], reply_ids: list[int]
+    ) -> int:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO calls (run_id, call_id, parent_call_id, agent_alias, kwargs, started_at,"
+            " finished_at, outcome, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.run_id,
+                record.call_id,
+                record.parent_call_id,
+                record.agent_alias,
+                encode_kwargs(record.kwargs),
+                record.started_at,
+                record.finished_at,
+                record.outcome,
+                record.error_type,
+                record.error,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return 0  # recorded already
+        call = cursor.lastrowid
+        db.executemany(
+            "INSERT INTO call_messages VALUES (?, ?, ?, ?)",
+            [
+                (call, "input", len(input_ids), pack_ids(input_ids)),
+                (call, "reply", len(reply_ids), pack_ids(reply_ids)),
+            ],
+        )
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+            " started_at = min(started_at, excluded.started_at),"
+            " finished_at = max(finished_at, excluded.finished_at)",
+            (record.run_id, record.started_at, record.finished_at),
+        )
+        return 1
