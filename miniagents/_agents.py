@@ -27,7 +27,7 @@ from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord, redact
-from miniagents._scope import current_owner
+from miniagents._scope import TaskGroupLike, current_call, current_owner, open_task_group
 from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class InteractionContext:
     @property
     def messages(self) -> MessageSequencePromise:
         """The call's input; iterate it (or await it) to read what the caller sent."""
-        return self._call._input_sequence
+        return self._call.input_sequence()
 
     @property
     def agent(self) -> MiniAgent:
@@ -288,11 +288,13 @@ class AgentCall:
 
     __slots__ = (
         "__weakref__",
-        "_cancel_scope",
+        "_cancel_requested",
         "_ctx",
         "_failure",
         "_initiator",
         "_input",
+        "_input_alias",
+        "_input_sent",
         "_input_sequence",
         "_open_calls",
         "_replies",
@@ -318,8 +320,8 @@ class AgentCall:
         self.parent: AgentCall | None = owner if isinstance(owner, AgentCall) else None
         self.accepts_children = False
         self._initiator = owner
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._cancel_scope = anyio.CancelScope()
+        self._tg: TaskGroupLike | None = None
+        self._cancel_requested = False
         self._failure: BaseException | None = None
         self._writers: set[MessageWriter] | None = None
         self._open_calls: dict[AgentCall, None] | None = None
@@ -329,6 +331,10 @@ class AgentCall:
         self._input = SequenceBuilder(context, owner)
         self._input.on_pump_cancelled = self._input.fail
         self._input_sequence = MessageSequencePromise._from_buffer(self._input.buffer)
+        # inquire(other_call_replies): the input *is* that sequence, shared instead of copied message by
+        # message (a replay buffer serves any number of consumers).  Set while it is the only thing sent.
+        self._input_alias: MessageSequencePromise | None = None
+        self._input_sent = False
         self._replies = SequenceBuilder(context, self)
         self._replies.on_pump_error = self._fail_from_pump
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
@@ -339,6 +345,15 @@ class AgentCall:
     # -- the caller's side ----------------------------------------------------------------------------------
     def send(self, messages: MessageType) -> AgentCall:
         """Send *messages* to the call's input (flattened, in order); return the call for chaining."""
+        alias = self._input_alias
+        if alias is not None:  # more input after a shared sequence: copy it after all, in order
+            self._input_alias = None
+            self._input.send(alias)
+        elif not self._input_sent and isinstance(messages, MessageSequencePromise) and self._input.open:
+            self._input_sent = True
+            self._input_alias = messages
+            return self
+        self._input_sent = True
         try:
             self._input.send(messages)
         except SequenceClosedError:
@@ -352,6 +367,16 @@ class AgentCall:
         self._input.finish()
         self._initiator.forget_open_call(self)
 
+    def input_sequence(self) -> MessageSequencePromise:
+        """The call's input as the agent sees it (``ctx.messages``)."""
+        alias = self._input_alias
+        if alias is not None:
+            if not self._input.open:
+                return alias  # finished: nothing else can follow the shared sequence
+            self._input_alias = None  # still open: later sends must follow it, so copy it
+            self._input.send(alias)
+        return self._input_sequence
+
     def reply_sequence(self, finish_call: bool = True) -> MessageSequencePromise:
         """Return the replies; by default also :meth:`finish` the input (``finish_call=False`` for full duplex)."""
         if finish_call:
@@ -364,7 +389,10 @@ class AgentCall:
         Consumers get the replies made so far, then :class:`AgentCallCancelledError`.  Safe to call at any time,
         also before the call started (then no agent code runs) or after it finished (then nothing happens).
         """
-        self._cancel_scope.cancel()
+        self._cancel_requested = True
+        tg = self._tg
+        if tg is not None:
+            tg.cancel_scope.cancel()
 
     @property
     def done(self) -> bool:
@@ -442,22 +470,22 @@ class AgentCall:
             tg.cancel_scope.cancel()
 
     async def _run(self) -> None:
-        from miniagents._scope import current_call
-
         current_call.set(self)
         completed = False
         try:
-            with self._cancel_scope:
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    self.accepts_children = True
-                    try:
-                        await self.agent.func(self._ctx, **self.kwargs)
-                    except Exception as exc:
-                        self._fail(exc)
-                    finally:
-                        self._finish_open_calls()
-            completed = not self._cancel_scope.cancelled_caught
+            if self._cancel_requested:  # cancelled before it started: no agent code runs
+                return
+            # The call's task group is its cancel scope too: cancel() and failures cancel it.
+            async with open_task_group(self.context.native_trio) as tg:
+                self._tg = tg
+                self.accepts_children = True
+                try:
+                    await self.agent.func(self._ctx, **self.kwargs)
+                except Exception as exc:
+                    self._fail(exc)
+                finally:
+                    self._finish_open_calls()
+            completed = not (self._cancel_requested and tg.cancel_scope.cancelled_caught)
         finally:
             self.accepts_children = False
             self._tg = None
@@ -517,7 +545,7 @@ class AgentCall:
             outcome=outcome,
             error_type=None if failure is None else type(failure).__name__,
             error=None if failure is None else f"{type(failure).__name__}: {failure}",
-            input_messages=_resolved_messages(self._input.buffer.pieces),
+            input_messages=_resolved_messages((self._input_alias or self._input_sequence)._buffer.pieces),
             reply_messages=_resolved_messages(self._replies.buffer.pieces),
         )
 

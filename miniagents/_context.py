@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 
 import anyio
 import attrs
+import sniffio
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
 from miniagents._messages import Message
 from miniagents._records import CallRecord
-from miniagents._scope import current_call, current_context
+from miniagents._scope import TaskGroupLike, current_call, current_context, open_task_group
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -143,7 +144,8 @@ class MiniAgents:
         self.ledger = ErrorLedger()
         self._active = False
         self._stack: AsyncExitStack | None = None
-        self._calls_tg: anyio.abc.TaskGroup | None = None
+        self._calls_tg: TaskGroupLike | None = None
+        self.native_trio = False
         self._open_calls: dict[AgentCall, None] = {}
         self._seen: set[str] = set()
         self._persist_queue: deque[Message | CallRecord] = deque()
@@ -298,10 +300,11 @@ class MiniAgents:
         try:
             if self.store is not None and hasattr(self.store, "__aenter__"):
                 await stack.enter_async_context(self.store)  # type: ignore[arg-type]
-            service_tg = await stack.enter_async_context(anyio.create_task_group())
+            self.native_trio = sniffio.current_async_library() == "trio"
+            service_tg = await stack.enter_async_context(open_task_group(self.native_trio))
             service_tg.start_soon(self._persistence_worker)
             stack.push_async_callback(self._after_calls)
-            self._calls_tg = await stack.enter_async_context(anyio.create_task_group())
+            self._calls_tg = await stack.enter_async_context(open_task_group(self.native_trio))
             stack.callback(self._finish_open_inputs)
         except BaseException:
             await stack.aclose()
@@ -315,7 +318,14 @@ class MiniAgents:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         stack = self._stack
-        assert stack is not None and self._tokens is not None
+        assert stack is not None and self._tokens is not None and self._calls_tg is not None
+        incoming = exc
+        body_failed = exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class())
+        if body_failed:
+            # An error in the body ends the block: cancel every call it started (as a nursery does), wait
+            # for them, and re-raise the error itself rather than wrapped in the task groups' exception groups.
+            self._calls_tg.cancel_scope.cancel()
+            exc_type, exc, tb = None, None, None
         raised: BaseException | None = exc
         try:
             try:
@@ -331,11 +341,16 @@ class MiniAgents:
             self._stack = None
             self._calls_tg = None
             self._active = False
+        if body_failed:
+            assert incoming is not None
+            raised = incoming if raised is None else BaseExceptionGroup("errors on exit", [incoming, raised])
         errors = [e for e in self.ledger.unobserved() if e is not raised]
         if not errors:
-            if raised is not None and raised is not exc:
-                raise raised
-            return raised is None and exc is not None
+            if raised is None:
+                return incoming is not None  # a cancellation that ended at our own scopes
+            if raised is incoming:
+                return False  # re-raised by Python as it was
+            raise raised
         for error in errors:
             _add_note(error, _NOTE)
         if raised is None:

@@ -13,7 +13,9 @@ from miniagents._messages import Message
 CallOutcome = Literal["completed", "failed", "cancelled"]
 
 #: Kwarg and mapping-key names whose values never leave the process in a record (API keys, tokens, ...).
-SECRET_NAME = re.compile(r"api[_-]?key|secret|password|passwd|token|authorization|credential|cookie", re.I)
+SECRET_NAME = re.compile(
+    r"api[_-]?key|secret|passw(?:or)?d|authori[sz]ation|credential|cookie|(?:^|[_-])token$", re.IGNORECASE
+)
 REDACTED = "<redacted>"
 
 

@@ -9,8 +9,12 @@ the current ``MiniAgents`` context.  There is no global fallback, so no task can
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import trio
 
 from miniagents._exceptions import NoActiveContextError
 
@@ -30,6 +34,37 @@ class TaskOwner(Protocol):
 
     def forget_open_call(self, call: AgentCall) -> None:
         """Forget a call whose input was finished."""
+
+
+class CancelScopeLike(Protocol):
+    """What the runtime uses of a cancel scope (anyio's and trio's both fit)."""
+
+    cancelled_caught: bool
+
+    def cancel(self) -> None:
+        """Cancel everything inside the scope."""
+
+
+class TaskGroupLike(Protocol):
+    """What the runtime uses of a task group (anyio's ``TaskGroup`` and trio's ``Nursery`` both fit)."""
+
+    @property
+    def cancel_scope(self) -> CancelScopeLike:
+        """The scope around the group's tasks."""
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``fn(*args)`` as a task of the group."""
+
+
+def open_task_group(native_trio: bool) -> AbstractAsyncContextManager[TaskGroupLike]:
+    """Open a task group: trio's own nursery on trio, anyio's task group elsewhere.
+
+    On trio, anyio's cancel scopes *are* trio's, so a nursery has exactly the semantics of anyio's task group
+    there, without the per-task bookkeeping anyio adds on top (the hot path of every agent call).
+    """
+    if native_trio:
+        return trio.open_nursery()
+    return anyio.create_task_group()  # type: ignore[return-value]
 
 
 current_context: ContextVar[MiniAgents | None] = ContextVar("miniagents_context", default=None)

@@ -287,6 +287,9 @@ class SequenceBuilder:
         if self._ordered_running:
             self._ordered.append([iter((messages,))])
             return
+        if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
+            self._append(messages)
+            return
         stack: list[Iterator[Any]] = [iter((messages,))]
         head = self._flatten_ready(stack)
         if head is not _DONE:
@@ -322,6 +325,11 @@ class SequenceBuilder:
 
     def _fail_from_pump(self, error: BaseException, passed_on: bool) -> None:
         self.fail(error, record=not passed_on)
+
+    @property
+    def open(self) -> bool:
+        """Whether more can still be sent (not finished, not failed)."""
+        return not self._finishing and not self.buffer.done
 
     @property
     def pending(self) -> bool:

@@ -349,3 +349,23 @@ async def test_messages_stay_immutable_after_errors() -> None:
     message = Message(content="x", data={"a": [1]})
     with pytest.raises(AttributeError):
         message.content = "y"  # type: ignore[misc]
+
+
+async def test_an_error_in_the_block_body_cancels_the_calls_and_propagates_unwrapped() -> None:
+    cleanups: list[str] = []
+    started = anyio.Event()
+
+    @miniagent
+    async def forever(ctx: InteractionContext) -> None:
+        try:
+            started.set()
+            await anyio.sleep_forever()
+        finally:
+            cleanups.append("forever")
+
+    with anyio.fail_after(5), pytest.raises(Boom, match="in the body"):  # not an ExceptionGroup
+        async with MiniAgents():
+            forever.inquire()
+            await started.wait()
+            raise Boom("in the body")
+    assert cleanups == ["forever"]

@@ -220,3 +220,34 @@ async def test_a_cancelled_block_still_hands_everything_to_the_handlers() -> Non
             await hangs.inquire("input")
     assert messages == ["input", "before the cancellation"]
     assert [r.outcome for r in records] == ["cancelled"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "api_key",
+        "apiKey",
+        "x-api-key",
+        "client_secret",
+        "password",
+        "Authorization",
+        "token",
+        "access_token",
+        "refresh-token",
+        "aws_credentials",
+        "Cookie",
+    ],
+)
+def test_secret_looking_names_are_redacted(name: str) -> None:
+    from miniagents import FrozenDict
+    from miniagents._records import redact
+
+    assert redact(FrozenDict({name: "s3cret"}))[name] == "<redacted>"
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "tokens", "model", "temperature", "tokenizer", "keyword"])
+def test_ordinary_names_are_kept(name: str) -> None:
+    from miniagents import FrozenDict
+    from miniagents._records import redact
+
+    assert redact(FrozenDict({name: 7}))[name] == 7
