@@ -10,7 +10,8 @@ from typing import Any
 
 import attrs
 
-from miniagents._frozen import FrozenDict
+from miniagents._agents import MiniAgent
+from miniagents._frozen import FrozenDict, freeze
 from miniagents._messages import Message
 
 TAG = "$t"
@@ -89,10 +90,41 @@ def _resolve(value: Any, load: Callable[[str], dict[str, Any]]) -> Any:
 
 
 def encode_kwargs(kwargs: FrozenDict[str, Any]) -> str:
-    """JSON of a call's frozen kwargs, in the encoding messages use (so every freezable value round-trips)."""
+    """JSON of a call's frozen kwargs, in the encoding messages use (so every freezable value round-trips).
+
+    Objects passed by reference (agents, functions, classes, ``share_by_reference`` types such as an HTTP
+    client) cannot be stored: each becomes a short description such as ``"<agent 'calculator'>"``, built from
+    its type and name only (never its repr, which could hold a secret).
+    """
     if not kwargs:
         return "{}"
-    return _dumps(Message(kwargs=kwargs).to_dict()["kwargs"])
+    return _dumps(Message(kwargs=_describe_references(kwargs)).to_dict()["kwargs"])
+
+
+def _describe_references(value: Any) -> Any:
+    if isinstance(value, FrozenDict):
+        return FrozenDict({k: _describe_references(v) for k, v in value.items()})
+    if isinstance(value, tuple):
+        return tuple(_describe_references(v) for v in value)
+    if isinstance(value, frozenset):
+        return frozenset(_describe_references(v) for v in value)
+    try:
+        freeze(value, "kwargs")
+    except TypeError:
+        return _reference_description(value)
+    return value
+
+
+def _reference_description(value: Any) -> str:
+    if isinstance(value, MiniAgent):
+        return f"<agent {value.alias!r}>"
+    if isinstance(value, type):
+        return f"<class {value.__module__}.{value.__qualname__}>"
+    name = getattr(value, "__qualname__", None) or getattr(getattr(value, "func", None), "__qualname__", None)
+    if callable(value) and isinstance(name, str):
+        return f"<function {name}>"
+    cls = type(value)
+    return f"<{cls.__module__}.{cls.__qualname__} object>"
 
 
 def decode_kwargs(text: str) -> FrozenDict[str, Any]:

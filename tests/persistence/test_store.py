@@ -387,3 +387,32 @@ async def test_inspect_prints_the_call_tree(tmp_path: Path, capsys: pytest.Captu
     assert echo_line > boss_line and lines[echo_line].startswith("    #")  # indented under boss
     assert "> TextMessage" in out and "'start'" in out and "…" in out
     assert inspect_main(["inspect", str(tmp_path / "missing.db")]) == 1
+
+
+async def test_kwargs_passed_by_reference_are_stored_as_descriptions(tmp_path: Path) -> None:
+    import httpx
+
+    from miniagents import share_by_reference
+
+    share_by_reference(httpx.AsyncClient)
+
+    @miniagent
+    async def configured(ctx: InteractionContext, **options: object) -> None:
+        ctx.reply("ok")
+
+    async def helper() -> None:
+        pass
+
+    store = SQLiteStore(_db(tmp_path))
+    async with httpx.AsyncClient() as client, MiniAgents(store=store):
+        await configured.inquire(tools=[configured, helper], http_client=client, n=1)
+    with StoreReader(store.path) as reader:
+        (call,) = reader.calls()
+    assert dict(call.kwargs) == {
+        "tools": (
+            "<agent 'configured'>",
+            "<function test_kwargs_passed_by_reference_are_stored_as_descriptions.<locals>.helper>",
+        ),
+        "http_client": "<httpx.AsyncClient object>",
+        "n": 1,
+    }
