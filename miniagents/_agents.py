@@ -16,19 +16,23 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
-from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError
+from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError, StopLoop
 from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord, redact
-from miniagents._scope import TaskGroupLike, current_call, current_owner, open_task_group
+from miniagents._scope import TaskGroupLike, current_call, current_context, current_owner, open_task_group
 from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from miniagents._context import MiniAgents
@@ -153,7 +157,11 @@ class MiniAgent:
         """Start a call soon with *messages* as its whole input and return its replies (no await needed)."""
         call = self.initiate_call(**kwargs)
         if messages is not None:
-            call.send(messages)
+            try:
+                call.send(messages)
+            except BaseException:
+                call.cancel()  # rejected input: the call never runs
+                raise
         return call.reply_sequence()
 
     def fork(self, alias: str | None = None, description: str | None = None, **kwargs: Any) -> MiniAgent:
@@ -291,6 +299,8 @@ class AgentCall:
         "_cancel_requested",
         "_ctx",
         "_failure",
+        "_failure_passed_on",
+        "_function_returned",
         "_initiator",
         "_input",
         "_input_alias",
@@ -301,6 +311,7 @@ class AgentCall:
         "_reply_sequence",
         "_started_at",
         "_tg",
+        "_user_tasks",
         "_writers",
         "accepts_children",
         "agent",
@@ -323,6 +334,9 @@ class AgentCall:
         self._tg: TaskGroupLike | None = None
         self._cancel_requested = False
         self._failure: BaseException | None = None
+        self._failure_passed_on = False
+        self._function_returned = False
+        self._user_tasks = 0
         self._writers: set[MessageWriter] | None = None
         self._open_calls: dict[AgentCall, None] | None = None
         self._ctx = InteractionContext(self)
@@ -349,7 +363,12 @@ class AgentCall:
         if alias is not None:  # more input after a shared sequence: copy it after all, in order
             self._input_alias = None
             self._input.send(alias)
-        elif not self._input_sent and isinstance(messages, MessageSequencePromise) and self._input.open:
+        elif (
+            not self._input_sent
+            and isinstance(messages, MessageSequencePromise)
+            and self._input.open
+            and not self.context.persists  # sent messages must pass the persistence hook: copy them
+        ):
             self._input_sent = True
             self._input_alias = messages
             return self
@@ -433,19 +452,57 @@ class AgentCall:
         if self._writers is not None:
             self._writers.discard(writer)
 
+    def end_writer(self, writer: MessageWriter, error: BaseException) -> None:
+        """End a message this call was streaming when *error* stopped it.
+
+        With ``errors_as_messages`` the message keeps the tokens it had (consumers then get the
+        ``ErrorMessage`` after it, never an exception); otherwise it fails with *error*.
+        """
+        if self.context.errors_as_messages and not isinstance(error, (StopLoop, AgentCallCancelledError)):
+            writer.close()
+        else:
+            writer.fail(error)
+
     def start_child(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start a user child task; its exception fails the call."""
         if not self.accepts_children or self._tg is None:
             raise MiniAgentsError(
                 f"the call to agent {self.agent.alias!r} has finished; it cannot start tasks"
             )
+        self._user_tasks += 1
         self._tg.start_soon(self._guard_child, fn, args)
 
     async def _guard_child(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        # A child belongs to this call, whatever context it was started from (e.g. a nested block).
+        current_context.set(self.context)
+        current_call.set(self)
         try:
             await fn(*args)
         except Exception as exc:
             self._fail(exc)
+        except BaseExceptionGroup as group:
+            self._fail_with_group(group)
+        finally:
+            # Calls this call left with an open input are finished once no code of this call can send to
+            # them any more: the agent function returned and its last child task ended.
+            self._user_tasks -= 1
+            if self._function_returned and not self._user_tasks:
+                self._finish_open_calls()
+
+    def _fail_with_group(self, group: BaseExceptionGroup[BaseException]) -> None:
+        """Fail with the non-cancellation part of *group*; re-raise the cancellation part (it is not ours).
+
+        On trio, a task group cancelled while one of its tasks raises in ``finally`` raises
+        ``BaseExceptionGroup([Cancelled, error])``: the error must fail this call, not escape into the task
+        group of whoever started it.
+        """
+        cancelled, rest = group.split(anyio.get_cancelled_exc_class())
+        if rest is not None:
+            if not isinstance(rest, Exception):
+                raise group  # KeyboardInterrupt, SystemExit: not ours to handle
+            self._fail(rest)
+        if cancelled is not None:
+            raise cancelled
 
     # -- running --------------------------------------------------------------------------------------------
     def chain(self) -> list[str]:
@@ -459,11 +516,17 @@ class AgentCall:
         return aliases
 
     def _fail_from_pump(self, error: BaseException, passed_on: bool) -> None:
-        self._fail(error)  # a reply source failed: the call fails (and records it as its own failure)
+        self._fail(error, passed_on=passed_on)  # a reply source failed: so does the call
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, *, passed_on: bool = False) -> None:
+        """Fail the call with *error* (the first failure wins) and cancel the rest of it.
+
+        *passed_on*: the error already failed a buffer that recorded it (a forwarded sequence, a streamed
+        reply), so the reply sequence passes it on without recording it as a new failure.
+        """
         if self._failure is None:
             self._failure = error
+            self._failure_passed_on = passed_on
             _annotate(error, self)
         tg = self._tg
         if tg is not None:
@@ -483,8 +546,12 @@ class AgentCall:
                     await self.agent.func(self._ctx, **self.kwargs)
                 except Exception as exc:
                     self._fail(exc)
+                except BaseExceptionGroup as group:
+                    self._fail_with_group(group)
                 finally:
-                    self._finish_open_calls()
+                    self._function_returned = True
+                    if not self._user_tasks:
+                        self._finish_open_calls()
             completed = not (self._cancel_requested and tg.cancel_scope.cancelled_caught)
         finally:
             self.accepts_children = False
@@ -499,19 +566,21 @@ class AgentCall:
 
     def _conclude(self, *, cancelled: bool) -> None:
         """Close the reply sequence: the outcome, after salvaging what the replies had ready."""
-        if self._writers:
-            for writer in list(self._writers):
-                writer.fail(
-                    AgentCallCancelledError(
-                        f"agent {self.agent.alias!r} ended without finishing this message"
-                    )
-                )
-        replies = self._replies
+        self._initiator.forget_open_call(self)  # nothing keeps a finished call alive
+        self._input.cancel_pumps()  # nothing feeds a finished call: stop the sources of its input
         failure = self._failure
+        if self._writers:
+            # Messages still streaming end with the call's own error, else as cancelled.
+            unfinished = failure or AgentCallCancelledError(
+                f"agent {self.agent.alias!r} ended without finishing this message"
+            )
+            for writer in list(self._writers):
+                self.end_writer(writer, unfinished)
+        replies = self._replies
         if cancelled and isinstance(failure, AgentCallCancelledError):
             failure = None  # a child's cancellation seen while this call was being cancelled anyway
         if failure is not None:
-            if self.context.errors_as_messages:
+            if self.context.errors_as_messages and not isinstance(failure, StopLoop):
                 replies.salvage()
                 replies._append(
                     ErrorMessage(
@@ -522,7 +591,7 @@ class AgentCall:
                 )
                 replies.buffer.close()
             else:
-                replies.fail(failure)
+                replies.fail(failure, record=not self._failure_passed_on)
         elif cancelled:
             replies.fail(AgentCallCancelledError(f"the call to agent {self.agent.alias!r} was cancelled"))
         else:

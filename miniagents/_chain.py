@@ -36,10 +36,11 @@ async def achain_loop(
 ) -> tuple[Message, ...]:
     """Run *agents* in order, each inquired with the previous step's output, round after round.
 
-    ``AWAIT`` in the list resolves the output so far fully before passing it on; ``CLEAR`` drops it.  Each
-    round's output is resolved before the next round starts.  The loop ends after *max_rounds* rounds, when an
-    agent raises :class:`StopLoop` (wherever it surfaces), or when cancelled; it returns the last output that
-    was resolved (for ``StopLoop``: the last one resolved before the round that stopped).
+    ``AWAIT`` in the list resolves the output so far fully before passing it on; ``CLEAR`` drops it.  A round
+    ends when every call it started has finished; the next round gets its output.  The loop ends after
+    *max_rounds* rounds, when any agent of a round raises :class:`StopLoop`, or when cancelled; it returns the
+    output of the last complete round (the initial input's round count is zero: ``()``).  Any other error of an
+    agent in the loop propagates from ``achain_loop``.
 
     Raises:
         ValueError: *agents* holds no agent, or an entry that is neither an agent nor a marker.
@@ -56,22 +57,27 @@ async def achain_loop(
     last: tuple[Message, ...] = ()
     output: MessageType | None = initial_input
     rounds = 0
-    try:
-        while max_rounds is None or rounds < max_rounds:
+    while max_rounds is None or rounds < max_rounds:
+        started: list[MessageSequencePromise] = []
+        try:
             for agent in agents:
                 if agent is AWAIT:
-                    last = await _resolve(output)
-                    output = last
+                    output = await _resolve(output)
                 elif agent is CLEAR:
                     output = None
                 else:
                     assert isinstance(agent, MiniAgent)
                     output = agent.inquire(output)
-            last = await _resolve(output)
-            output = last
-            rounds += 1
-    except StopLoop:
-        pass
+                    started.append(output)
+            result = await _resolve(output)
+            # A round ends when all its calls ended: a StopLoop (or an error) from an agent whose output
+            # was cleared, or not awaited by anything else, surfaces here too.
+            for replies in started:
+                await replies
+        except StopLoop:
+            return last
+        last = output = result
+        rounds += 1
     return last
 
 

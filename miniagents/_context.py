@@ -58,6 +58,9 @@ class Store(Protocol):
 
 _NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents block exited"
 
+#: How long persistence may go on draining when a ``MiniAgents`` block is cancelled.
+PERSISTENCE_GRACE_SECONDS = 1.0
+
 
 class ErrorLedger:
     """Failures that happened in a context, so that none is lost: raised at exit unless observed.
@@ -259,11 +262,15 @@ class MiniAgents:
             event.set()
 
     async def _persistence_worker(self) -> None:
-        # Shielded: what was produced before a cancellation (and the records of the calls it cancelled)
-        # still reaches the handlers.  The loop ends once _after_calls() says the context is closing, which
-        # happens on every exit path, cancellation included.
-        with anyio.CancelScope(shield=True):
+        try:
             await self._persistence_loop()
+        except anyio.get_cancelled_exc_class():
+            # The block is being cancelled: what was produced before (and the records of the calls the
+            # cancellation ends) still reaches the handlers, within a grace period so that a hung handler
+            # cannot keep the block from being cancelled.
+            with anyio.move_on_after(PERSISTENCE_GRACE_SECONDS, shield=True):
+                await self._persistence_loop()
+            raise
 
     async def _persistence_loop(self) -> None:
         queue = self._persist_queue
@@ -291,27 +298,36 @@ class MiniAgents:
     async def __aenter__(self) -> MiniAgents:
         if self._active:
             raise MiniAgentsError("this MiniAgents context is already active")
+        self._active = True  # at once: a second task entering concurrently is refused
         self.ledger = ErrorLedger()
         self._seen = set()
         self._persist_closing = False
         self.run_id = uuid.uuid4().hex
+        # Set first, so the persistence worker (and anything the store starts) sees this context as current.
+        self._tokens = (current_context.set(self), current_call.set(None))
+        # Exit runs in reverse: finish open inputs, wait for the calls, let persistence drain, wait for the
+        # worker, close shared resources, then close the store.
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
             if self.store is not None and hasattr(self.store, "__aenter__"):
                 await stack.enter_async_context(self.store)  # type: ignore[arg-type]
+            stack.push_async_callback(self._close_resources)
             self.native_trio = sniffio.current_async_library() == "trio"
             service_tg = await stack.enter_async_context(open_task_group(self.native_trio))
             service_tg.start_soon(self._persistence_worker)
-            stack.push_async_callback(self._after_calls)
+            stack.callback(self._close_persistence)
             self._calls_tg = await stack.enter_async_context(open_task_group(self.native_trio))
             stack.callback(self._finish_open_inputs)
         except BaseException:
             await stack.aclose()
+            context_token, call_token = self._tokens
+            current_context.reset(context_token)
+            current_call.reset(call_token)
+            self._tokens = None
+            self._active = False
             raise
         self._stack = stack
-        self._active = True
-        self._tokens = (current_context.set(self), current_call.set(None))
         return self
 
     async def __aexit__(
@@ -363,12 +379,14 @@ class MiniAgents:
         for call in list(self._open_calls):
             call.finish()
 
-    async def _after_calls(self) -> None:
+    def _close_persistence(self) -> None:
         self._persist_closing = True
         event = self._persist_event
         if event is not None:
             self._persist_event = None
             event.set()
+
+    async def _close_resources(self) -> None:
         resources = list(self._resources.values())
         self._resources.clear()
         with anyio.CancelScope(shield=True):

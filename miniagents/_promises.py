@@ -216,16 +216,23 @@ async def _pump_source(
     source: AsyncIterable[Any], writer: StreamWriter[Any] | MessageWriter, check: Callable[[Any], None] | None
 ) -> None:
     """Copy *source* into *writer*; errors and cancellation end the stream, never the owner."""
+    owner = writer._owner if isinstance(writer, MessageWriter) else None
     try:
         async for piece in source:
             if check is not None:
                 check(piece)
             writer.send(piece)
     except anyio.get_cancelled_exc_class():
-        writer.fail(AgentCallCancelledError("the stream was cancelled before it finished"))
+        if owner is None:  # a call that owns the writer ends it with the call's own outcome
+            writer.fail(AgentCallCancelledError("the stream was cancelled before it finished"))
         raise
     except Exception as exc:
-        writer.fail(exc)
+        if owner is None:
+            writer.fail(exc)
+        else:  # a reply source failed: so does the call (named in the error's note)
+            assert isinstance(writer, MessageWriter)
+            owner.end_writer(writer, exc)
+            owner._fail(exc, passed_on=not owner.context.errors_as_messages)
     else:
         writer.close()
 

@@ -31,6 +31,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import anyio
+import anyio.lowlevel
 
 from miniagents._buffer import ReplayBuffer
 from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
@@ -252,13 +253,17 @@ class SequenceBuilder:
 
     __slots__ = (
         "_finishing",
+        "_flush_scheduled",
         "_forwarded_error",
+        "_oo_count",
         "_oo_units",
         "_ordered",
         "_ordered_running",
         "_owner",
         "_persist",
+        "_pump_scopes",
         "_pumps",
+        "_staged",
         "buffer",
         "on_pump_cancelled",
         "on_pump_error",
@@ -273,7 +278,11 @@ class SequenceBuilder:
         self._ordered: deque[list[Iterator[Any]]] = deque()
         self._ordered_running = False
         self._oo_units: list[list[Iterator[Any]]] = []
+        self._oo_count = 0
+        self._staged: list[tuple[int, int, Item]] = []
+        self._flush_scheduled = False
         self._pumps = 0
+        self._pump_scopes: set[anyio.CancelScope] = set()
         self._finishing = False
         self._forwarded_error: BaseException | None = None
         self.on_pump_error: Callable[[BaseException, bool], None] = self._fail_from_pump
@@ -307,7 +316,8 @@ class SequenceBuilder:
         if head is not _DONE:
             stack.append(iter((head,)))
             self._oo_units.append(stack)
-            self._start_pump(self._run_out_of_order, stack)
+            self._oo_count += 1
+            self._start_pump(self._run_out_of_order, stack, self._oo_count)
 
     def finish(self) -> None:
         """Close the buffer once every pending item has been appended (at once if none is pending)."""
@@ -346,12 +356,13 @@ class SequenceBuilder:
             else:
                 item.add_done_callback(persist)
 
-    def _flatten_ready(self, stack: list[Iterator[Any]]) -> Any:
+    def _flatten_ready(self, stack: list[Iterator[Any]], append: Callable[[Item], None] | None = None) -> Any:
         """Append items from *stack* until one is not ready; return it (or ``_DONE``).
 
         The stack of iterators keeps its position, so flattening resumes right after the returned item.
         """
-        append = self._append
+        if append is None:
+            append = self._append
         while stack:
             for item in stack[-1]:
                 cls = type(item)
@@ -387,7 +398,7 @@ class SequenceBuilder:
                 stack.pop()
         return _DONE
 
-    async def _drain(self, head: Any) -> None:
+    async def _drain(self, head: Any, append: Callable[[Item], None]) -> None:
         """Append everything *head* (an async item returned by :meth:`_flatten_ready`) produces."""
         if isinstance(head, _Continuation):
             buffer = head.sequence._buffer
@@ -395,7 +406,7 @@ class SequenceBuilder:
             while True:
                 pieces = buffer.pieces
                 while index < len(pieces):
-                    self._append(pieces[index])
+                    append(pieces[index])
                     index += 1
                     head.offset = index
                 if buffer.done:
@@ -405,16 +416,16 @@ class SequenceBuilder:
                     return
                 await buffer.wait_beyond(index)
         async for value in head:
-            await self._feed([iter((value,))])
+            await self._feed([iter((value,))], append)
 
-    async def _feed(self, stack: list[Iterator[Any]]) -> None:
+    async def _feed(self, stack: list[Iterator[Any]], append: Callable[[Item], None]) -> None:
         while True:
-            head = self._flatten_ready(stack)
+            head = self._flatten_ready(stack, append)
             if head is _DONE:
                 return
             # Keep the head on the stack while it drains, so salvage() can still reach what it buffered.
             stack.append(iter((head,)))
-            await self._drain(head)
+            await self._drain(head, append)
             stack.pop()
 
     # -- pumps ----------------------------------------------------------------------------------------------
@@ -427,20 +438,35 @@ class SequenceBuilder:
 
     async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         # The owner hears of a failure *before* the pump count drops: otherwise a finished builder would
-        # close successfully and the error would be lost.
+        # close successfully and the error would be lost.  Each pump has its own cancel scope, so the
+        # builder's owner can stop its sources (cancel_pumps) without cancelling the task group they run in.
+        scope = anyio.CancelScope()
+        self._pump_scopes.add(scope)
         try:
-            await fn(*args)
+            with scope:
+                await fn(*args)
         except anyio.get_cancelled_exc_class():
-            self.on_pump_cancelled(
-                AgentCallCancelledError("a message source was cancelled before it finished")
-            )
-            self._pump_ended()
+            self._pump_cancelled()
             raise
         except Exception as exc:
             self.on_pump_error(exc, exc is self._forwarded_error)
             self._pump_ended()
         else:
-            self._pump_ended()
+            if scope.cancelled_caught:
+                self._pump_cancelled()
+            else:
+                self._pump_ended()
+        finally:
+            self._pump_scopes.discard(scope)
+
+    def _pump_cancelled(self) -> None:
+        self.on_pump_cancelled(AgentCallCancelledError("a message source was cancelled before it finished"))
+        self._pump_ended()
+
+    def cancel_pumps(self) -> None:
+        """Cancel every pump still feeding this builder (their sources stop; the builder fails as cancelled)."""
+        for scope in list(self._pump_scopes):
+            scope.cancel()
 
     def _pump_ended(self) -> None:
         self._pumps -= 1
@@ -451,7 +477,7 @@ class SequenceBuilder:
         queue = self._ordered
         try:
             while queue:
-                await self._feed(queue[0])
+                await self._feed(queue[0], self._append)
                 queue.popleft()
         except Exception:
             queue.clear()  # nothing ordered after the failed item may be delivered
@@ -459,17 +485,43 @@ class SequenceBuilder:
         finally:
             self._ordered_running = False
 
-    async def _run_out_of_order(self, stack: list[Iterator[Any]]) -> None:
+    async def _run_out_of_order(self, stack: list[Iterator[Any]], number: int) -> None:
+        def stage(item: Item) -> None:
+            self._staged.append((number, len(self._staged), item))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._start_pump(self._flush_soon)
+
         try:
-            await self._feed(stack)
+            await self._feed(stack, stage)
         finally:
             self._oo_units.remove(stack)
+
+    async def _flush_soon(self) -> None:
+        # Out-of-order items that become available at the same moment (in one scheduling round, which trio
+        # runs in random order) are staged and appended after one checkpoint, in the order they were sent.
+        try:
+            await anyio.lowlevel.checkpoint()
+        finally:
+            self._flush_staged()
+
+    def _flush_staged(self) -> None:
+        self._flush_scheduled = False
+        staged = self._staged
+        if staged:
+            self._staged = []
+            if self.buffer.done:
+                return  # failed meanwhile: salvage() already appended what was staged
+            staged.sort(key=lambda entry: (entry[0], entry[1]))
+            for _, _, item in staged:
+                self._append(item)
 
     def salvage(self) -> None:
         """Append what is available right now from every pending item, skipping what is not.
 
         Used when a producer fails or is cancelled: replies made before the failure must not be lost.
         """
+        self._flush_staged()
         units = [*self._oo_units, *self._ordered]
         self._oo_units.clear()
         self._ordered.clear()
