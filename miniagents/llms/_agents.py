@@ -45,6 +45,12 @@ _OPTIONS_DOC = """
     ``tool_calls`` (``{"id", "name", "arguments"}`` with ``arguments`` the JSON text).  Tool results are
     ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.
 
+    A turn cut off by the token limit (``finish_reason`` ``"length"`` / ``"max_tokens"``) while the model was
+    writing tool calls is not an error, like a cut-off text answer: its calls (whose arguments may be partial
+    JSON) are not run, the call ends with that turn, and they are kept in ``incomplete_tool_calls`` instead of
+    ``tool_calls`` (so the message stays a valid turn of a later conversation).  Raise ``max_tokens`` and ask
+    again.
+
     Input: the call's messages form the conversation.  Messages with ``role="assistant"`` (what LLM agents
     reply) are assistant turns, ``role="tool"`` messages are tool results, ``role="system"`` /
     ``"developer"`` messages are system instructions; every other message is a user turn.
@@ -53,7 +59,10 @@ _OPTIONS_DOC = """
     responses are retried with exponential backoff and jitter (``retry-after-ms`` / ``retry-after`` /
     ``x-should-retry`` honoured) until the response starts; never afterwards.  A failure after tokens were
     streamed ends that message with the error, after its tokens; a stream that ends without its terminal
-    event raises :class:`~miniagents.llms.TruncatedStreamError`.  Cancelling the call closes the HTTP stream.
+    event raises :class:`~miniagents.llms.TruncatedStreamError`; a 2xx response that is not an event stream, or
+    an event of the wrong shape, raises :class:`~miniagents.llms.MalformedResponseError`.  An API key or
+    header value with non-ASCII characters raises :class:`~miniagents.llms.LLMError` before anything is sent
+    (naming the header, never the value).  Cancelling the call closes the HTTP stream.
 """
 
 

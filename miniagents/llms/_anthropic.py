@@ -14,7 +14,7 @@ from miniagents.llms._common import (
     thaw,
     tool_calls_of,
 )
-from miniagents.llms._exceptions import LLMError, TruncatedStreamError
+from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -23,6 +23,7 @@ __all__ = ["AnthropicDecoder", "AnthropicSpec"]
 
 #: ``max_tokens`` is required by the Messages API; this is sent when the caller gives none.
 DEFAULT_MAX_TOKENS = 4096
+_NOT_JSON: Any = object()
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
@@ -41,10 +42,11 @@ def anthropic_messages(
     ``system``/``developer`` messages join the top-level ``system`` (after the ``system`` option); LLM replies
     become assistant turns (their thinking blocks, text and ``tool_use`` blocks); tool results become
     ``tool_result`` blocks of a user turn; anything else is user text.  Consecutive turns of the same role
-    are merged (``tool_result`` blocks first, as the API requires), empty texts are dropped, and a placeholder
-    user turn is inserted when the conversation would not start with a user turn.
+    are merged (``tool_result`` blocks first, as the API requires), empty and whitespace-only texts are dropped
+    (the API rejects them), and a placeholder user turn is inserted when the conversation would not start with
+    a user turn.
     """
-    system_parts = [options.system] if options.system else []
+    system_parts = [options.system] if options.system and options.system.strip() else []
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -58,12 +60,15 @@ def anthropic_messages(
     for message in history:
         role = message_role(message)
         content = str(message)
+        # The API rejects whitespace-only text ("text content blocks must contain non-whitespace text"):
+        # such texts are dropped everywhere (a model reply that was only "\n\n" is common).
+        has_text = bool(content.strip())
         if role in ("system", "developer"):
-            if content:
+            if has_text:
                 system_parts.append(content)
         elif role == "assistant":
             blocks: list[dict[str, Any]] = [dict(thaw(b)) for b in (message.get("thinking_blocks") or ())]
-            if content:
+            if has_text:
                 blocks.append({"type": "text", "text": content})
             blocks.extend(
                 {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)}
@@ -75,12 +80,12 @@ def anthropic_messages(
                 "type": "tool_result",
                 "tool_use_id": str(message.get("tool_call_id", "")),
             }
-            if content:
+            if has_text:
                 block["content"] = content
             if message.get("is_error"):
                 block["is_error"] = True
             add("user", [block])
-        elif content:
+        elif has_text:
             add("user", [{"type": "text", "text": content}])
     for turn in turns:
         if turn["role"] == "user":
@@ -150,6 +155,11 @@ class AnthropicSpec:
         return AnthropicDecoder(model=options.model, request_id=request_id)
 
 
+def _start_input(start: dict[str, Any]) -> str:
+    value = start.get("input")
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) and value else "{}"
+
+
 class _Block:
     __slots__ = ("data", "id", "kind", "name", "parts", "signature")
 
@@ -189,13 +199,11 @@ class AnthropicDecoder:
         if self._done:
             return []
         try:
-            payload = json.loads(event.data) if event.data else {}
+            payload: Any = json.loads(event.data) if event.data else {}
         except ValueError:
-            raise LLMError(
-                f"malformed stream event (not JSON): {event.data[:200]!r}",
-                provider="anthropic",
-                request_id=self._request_id,
-            ) from None
+            payload = _NOT_JSON
+        if payload is _NOT_JSON:  # raised outside the except block: no __context__
+            raise self._malformed(f"not JSON: {event.data[:200]!r}")
         if not isinstance(payload, dict):
             return []
         kind = event.event if event.event != "message" else payload.get("type", "")
@@ -204,22 +212,22 @@ class AnthropicDecoder:
                 None, {"request-id": self._request_id or ""}, event.data.encode(), provider="anthropic"
             )
         if kind == "message_start":
-            message = payload.get("message") or {}
-            if message.get("id"):
+            message = self._object(payload, "message")
+            if isinstance(message.get("id"), str) and message["id"]:
                 self._fields["response_id"] = message["id"]
-            if message.get("model"):
+            if isinstance(message.get("model"), str) and message["model"]:
                 self._fields["model"] = message["model"]
             if isinstance(message.get("usage"), dict):
                 self._usage.update(message["usage"])
         elif kind == "content_block_start":
-            start = payload.get("content_block") or {}
-            index = payload.get("index", len(self._blocks))
+            start = self._object(payload, "content_block")
+            index = self._index(payload, default=len(self._blocks))
             self._blocks[index] = _Block(str(start.get("type", "")), start)
-            if start.get("type") == "text" and start.get("text"):
+            if start.get("type") == "text" and isinstance(start.get("text"), str) and start["text"]:
                 return [start["text"]]
         elif kind == "content_block_delta":
-            delta = payload.get("delta") or {}
-            block = self._blocks.get(payload.get("index", -1))
+            delta = self._object(payload, "delta")
+            block = self._blocks.get(self._index(payload, default=-1))
             delta_type = delta.get("type")
             if delta_type == "text_delta":
                 text = delta.get("text")
@@ -234,8 +242,8 @@ class AnthropicDecoder:
             elif delta_type == "signature_delta":
                 block.signature += str(delta.get("signature", ""))
         elif kind == "message_delta":
-            delta = payload.get("delta") or {}
-            if delta.get("stop_reason"):
+            delta = self._object(payload, "delta")
+            if isinstance(delta.get("stop_reason"), str) and delta["stop_reason"]:
                 self._stop_reason = delta["stop_reason"]
             if delta.get("stop_sequence"):
                 self._fields["stop_sequence"] = delta["stop_sequence"]
@@ -244,6 +252,23 @@ class AnthropicDecoder:
         elif kind == "message_stop":
             self._done = True
         return []
+
+    def _malformed(self, detail: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            f"malformed stream event ({detail})", provider="anthropic", request_id=self._request_id
+        )
+
+    def _object(self, payload: dict[str, Any], key: str) -> dict[str, Any]:
+        value = payload.get(key) or {}
+        if not isinstance(value, dict):
+            raise self._malformed(f"{key} is not an object: {value!r:.200}")
+        return value
+
+    def _index(self, payload: dict[str, Any], *, default: int) -> int:
+        index = payload.get("index", default)
+        if not isinstance(index, int):
+            raise self._malformed(f"index is not an integer: {index!r:.200}")
+        return index
 
     def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
@@ -259,7 +284,9 @@ class AnthropicDecoder:
         thinking: list[dict[str, Any]] = []
         for _, block in sorted(self._blocks.items()):
             if block.kind == "tool_use":
-                arguments = "".join(block.parts).strip() or "{}"
+                # The input normally streams as input_json_delta fragments (content_block_start has {});
+                # a server may instead send the whole input in content_block_start and no deltas.
+                arguments = "".join(block.parts).strip() or _start_input(block.data)
                 calls.append(ToolCallRecord(id=block.id, name=block.name, arguments=arguments))
             elif block.kind == "thinking":
                 thinking.append(

@@ -6,6 +6,7 @@ Every failure of an LLM call is raised as an :class:`LLMError` subclass::
     ├── LLMConnectionError        (also a ConnectionError) the server could not be reached / the connection broke
     ├── LLMTimeoutError           (also a TimeoutError) connect, read or whole-call timeout
     ├── TruncatedStreamError      the stream ended before its terminal event ([DONE] / message_stop / finish)
+    ├── MalformedResponseError    a 2xx response that is not a well-formed event stream of the provider
     ├── ToolRoundsExceededError   the model still asked for tools after ``max_tool_rounds`` rounds
     └── APIStatusError            the provider answered with an error (HTTP status or an error event mid-stream)
         ├── BadRequestError           400, 413, 422 and other 4xx (but 408 and 409: plain APIStatusError)
@@ -20,7 +21,10 @@ Every failure of an LLM call is raised as an :class:`LLMError` subclass::
 Guarantees: errors carry the HTTP ``status`` (``None`` for transport errors and mid-stream error events), the
 provider's error ``error_type``/``code`` and ``message``, the provider ``request_id`` and the ``provider`` name —
 and never the API key: neither ``str()``, ``repr()`` nor any attribute of these errors contains request headers,
-and transport exceptions are not chained (their type and text are kept in ``message``).
+and transport exceptions are neither chained nor kept as ``__context__`` (their type and text are kept in
+``message``).  Problems of the call's own configuration found before anything is sent (an API key or header
+value with non-ASCII characters, an invalid base URL) raise a plain :class:`LLMError` that names the header or
+option, never its value.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "LLMConnectionError",
     "LLMError",
     "LLMTimeoutError",
+    "MalformedResponseError",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
@@ -129,6 +134,15 @@ class LLMTimeoutError(LLMError, TimeoutError):
 
 class TruncatedStreamError(LLMError):
     """The response stream ended before its terminal event; the tokens already streamed stay visible."""
+
+
+class MalformedResponseError(LLMError):
+    """A successful (2xx) response the client cannot understand.
+
+    The body is not an event stream (``content-type`` other than ``text/event-stream``; ``body`` holds the start
+    of it), an event has the wrong shape (e.g. a ``delta`` that is not an object), or the body cannot be decoded
+    (a wrong ``content-encoding``).  Never retried: the response had already started.
+    """
 
 
 class ToolRoundsExceededError(LLMError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -16,6 +16,7 @@ from miniagents.llms._exceptions import (
     LLMConnectionError,
     LLMError,
     LLMTimeoutError,
+    MalformedResponseError,
     TruncatedStreamError,
     error_class_for,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HTTP_CLIENT_RESOURCE_KEY",
     "build_status_error",
+    "check_header_values",
     "make_timeout",
     "open_stream",
     "shared_http_client",
@@ -158,14 +160,19 @@ def transport_error(
     request_id: str | None = None,
     secrets: Iterable[str] = (),
 ) -> LLMError:
-    """Translate an ``httpx`` transport exception; the original is not chained (it holds the request).
+    """Translate an ``httpx`` exception (transport or decoding); the original is not chained (it holds the request).
 
-    The exception text is kept with *secrets* redacted (httpx quotes illegal header values verbatim).
+    The exception text is kept with *secrets* redacted (httpx quotes illegal header values verbatim).  Raise the
+    result outside the ``except`` block that caught *exc*, so that it is not kept as ``__context__`` either.
     """
     detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
     if isinstance(exc, httpx.TimeoutException):
         what = "read timeout while streaming" if streaming else "timeout before the response started"
         return LLMTimeoutError(f"{what} ({detail})", provider=provider, request_id=request_id)
+    if isinstance(exc, httpx.DecodingError):
+        return MalformedResponseError(
+            f"the response body could not be decoded ({detail})", provider=provider, request_id=request_id
+        )
     if streaming and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return TruncatedStreamError(
             f"the connection closed before the stream finished ({detail})",
@@ -173,6 +180,59 @@ def transport_error(
             request_id=request_id,
         )
     return LLMConnectionError(f"connection error ({detail})", provider=provider, request_id=request_id)
+
+
+def check_header_values(headers: Mapping[str, str], *, provider: str) -> None:
+    """Raise :class:`LLMError` when a header name or value is not ASCII (httpx would fail on it).
+
+    A key pasted with a typographic character or a non-breaking space is the usual cause.  The error names the
+    header and the position of the first offending character, never the value.
+    """
+    for name, value in headers.items():
+        if not name.isascii():
+            raise LLMError(f"a header name contains non-ASCII characters: {name!r}", provider=provider)
+        if not value.isascii():
+            position = next(i for i, char in enumerate(value) if not char.isascii())
+            raise LLMError(
+                f"the {name!r} header (API key or extra_headers) has a non-ASCII character at position "
+                f"{position}; header values must be ASCII (look for a pasted typographic character or a "
+                "non-breaking space in the key)",
+                provider=provider,
+            )
+
+
+def _build_request(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout: httpx.Timeout,
+    provider: str,
+    secrets: Iterable[str],
+) -> httpx.Request:
+    try:
+        request = client.build_request(
+            "POST",
+            url,
+            content=content,
+            headers={**headers, "content-type": "application/json", "accept": "text/event-stream"},
+            timeout=timeout,
+        )
+    except (UnicodeError, httpx.InvalidURL) as exc:
+        # UnicodeError carries the whole offending string (it may be the key): keep only its type.
+        problem = (
+            type(exc).__name__
+            if isinstance(exc, UnicodeError)
+            else redact(f"{type(exc).__name__}: {exc}", secrets)
+        )
+    else:
+        port = request.url.port
+        if port is None or 0 < port < 65536:
+            return request
+        problem = f"port {port} of base_url is out of range"
+    raise LLMError(
+        f"the request could not be built ({problem}); check base_url and headers", provider=provider
+    )
 
 
 @asynccontextmanager
@@ -194,40 +254,46 @@ async def open_stream(
     Once a 2xx response is yielded nothing is retried.  The response is closed on exit, also on cancellation,
     which closes the connection when the body was not read to the end.
     """
+    secrets = list(secrets)
+    check_header_values(headers, provider=provider)
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
     retries_done = 0
     while True:
-        request = client.build_request(
-            "POST",
-            url,
-            content=content,
-            headers={**headers, "content-type": "application/json", "accept": "text/event-stream"},
-            timeout=timeout,
-        )
+        request = _build_request(client, url, content, headers, timeout, provider, secrets)
         retry_headers: Mapping[str, str] = {}
+        response: httpx.Response | None = None
+        error: LLMError | None = None
+        retryable = False
         try:
             response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            error: LLMError = transport_error(exc, provider=provider, streaming=False, secrets=secrets)
-            retryable = not isinstance(exc, _NOT_RETRYABLE)
-        else:
-            if response.is_success:
-                try:
-                    yield response
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
-                return
+        except httpx.RequestError as exc:
+            error = transport_error(exc, provider=provider, streaming=False, secrets=secrets)
+            retryable = isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_RETRYABLE)
+        if response is not None and response.is_success:
+            try:
+                await _check_event_stream(response, provider=provider)
+                yield response
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+            return
+        if response is not None:
+            raw = b""
+            unreadable = False
             try:
                 raw = await _read_limited(response)
-            except httpx.TransportError:
-                raw = b""
+            except httpx.HTTPError:  # transport or decoding failure: the status still tells what happened
+                unreadable = True
             finally:
                 with anyio.CancelScope(shield=True):
                     await response.aclose()
             error = build_status_error(response.status_code, response.headers, raw, provider=provider)
+            if unreadable and not raw:
+                error.message += " (the error body could not be read)"
             retry_headers = response.headers
             retryable = should_retry_status(response.status_code, response.headers, error_code=error.code)
+        assert error is not None
+        # Raised outside the except blocks above: the httpx exception (and its request) is not the context.
         if not retryable or retries_done >= retry.max_retries:
             raise error
         delay = retry.delay(retries_done, retry_headers)
@@ -241,6 +307,28 @@ async def open_stream(
             delay,
         )
         await anyio.sleep(delay)
+
+
+async def _check_event_stream(response: httpx.Response, *, provider: str) -> None:
+    """Raise :class:`MalformedResponseError` (with the start of the body) for a 2xx that is not an event stream.
+
+    A missing ``content-type`` is tolerated (the stream is then parsed as SSE and judged by its events).
+    """
+    content_type = response.headers.get("content-type")
+    if content_type is None or content_type.split(";")[0].strip().lower() == "text/event-stream":
+        return
+    raw = b""
+    with suppress(httpx.HTTPError):
+        raw = await _read_limited(response)
+    snippet = raw[:500].decode("utf-8", errors="replace")
+    raise MalformedResponseError(
+        f"expected an event stream (text/event-stream) but the server answered HTTP {response.status_code} "
+        f"with content-type {content_type!r}: {snippet!r}",
+        status=response.status_code,
+        request_id=request_id_of(response.headers),
+        provider=provider,
+        body=snippet,
+    )
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -18,7 +19,12 @@ from miniagents.llms._common import (
     resolve_api_key,
     resolve_base_url,
 )
-from miniagents.llms._exceptions import LLMError, LLMTimeoutError, ToolRoundsExceededError
+from miniagents.llms._exceptions import (
+    LLMError,
+    LLMTimeoutError,
+    MalformedResponseError,
+    ToolRoundsExceededError,
+)
 from miniagents.llms._http import (
     make_timeout,
     open_stream,
@@ -34,6 +40,10 @@ __all__ = ["run_llm_agent"]
 #: After the terminal event, at most this many bytes are read to let the connection be reused.
 _DRAIN_LIMIT = 64 * 1024
 _DRAIN_SECONDS = 1.0
+#: Finish reasons of a turn cut off by the token limit (OpenAI, Anthropic): its tool calls are not run.
+_CUT_OFF_REASONS = frozenset({"length", "max_tokens"})
+
+logger = logging.getLogger("miniagents.llms")
 
 
 class _Turn:
@@ -152,10 +162,11 @@ async def _stream(
         decoder = spec.decoder(opts, request_id)
         sse = SSEDecoder()
         chunks = response.aiter_bytes()
+        failure: LLMError | None = None
         try:
             async for chunk in chunks:
                 for event in sse.feed(chunk):
-                    for token in decoder.feed(event):
+                    for token in _decode(spec.name, request_id, decoder.feed, event):
                         turn.open().send(token)
                     if decoder.finished:
                         break
@@ -163,15 +174,33 @@ async def _stream(
                     break
             else:
                 for event in sse.close():
-                    for token in decoder.feed(event):
+                    for token in _decode(spec.name, request_id, decoder.feed, event):
                         turn.open().send(token)
-        except httpx.TransportError as exc:
-            raise transport_error(
+        except httpx.HTTPError as exc:  # transport errors, timeouts, undecodable content-encoding
+            failure = transport_error(
                 exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
-            ) from None
+            )
+        if failure is not None:
+            # Raised here, not in the except block: the httpx exception (its request holds the key) must not
+            # become the __context__ of the error.
+            raise failure
         if decoder.finished:
             await _drain(chunks)
-        fields, calls = decoder.result()
+        fields, calls = _decode(spec.name, request_id, decoder.result)
+    incomplete = fields.get("finish_reason") in _CUT_OFF_REASONS
+    if calls and incomplete:
+        # The token limit cut the turn while the model was writing tool calls: their arguments may be
+        # partial JSON, so they are not run.  They are kept apart from ``tool_calls`` so that the message is
+        # still a valid assistant turn in the next call's history.
+        fields["incomplete_tool_calls"] = [c.as_field() for c in calls]
+        logger.warning(
+            "%s turn cut off by the token limit (finish_reason=%r) while calling tools; the %d tool call(s) "
+            "were not run (raise max_tokens)",
+            spec.name,
+            fields.get("finish_reason"),
+            len(calls),
+        )
+        calls = []
     if calls:
         fields["tool_calls"] = [c.as_field() for c in calls]
     if turn.writer is None and calls and not opts.reply_tool_messages:
@@ -179,6 +208,26 @@ async def _stream(
         MiniAgents.current().persist(message)
         return message
     return turn.open().finish(**fields)
+
+
+_T = TypeVar("_T")
+
+
+def _decode(provider: str, request_id: str | None, step: Callable[..., _T], *args: Any) -> _T:
+    """Run one decoding step; an unexpected exception (a payload of the wrong shape) becomes an :class:`LLMError`.
+
+    The decoders type-check what they read and raise :class:`MalformedResponseError` themselves; this is the
+    safety net, so that a surprise from a server never escapes untyped or leaves a streamed message unfinished.
+    """
+    try:
+        return step(*args)
+    except LLMError:
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+    raise MalformedResponseError(
+        f"malformed stream event ({detail})", provider=provider, request_id=request_id
+    )
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -193,7 +242,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 drained += len(chunk)
                 if drained > _DRAIN_LIMIT:
                     break
-        except httpx.TransportError:
+        except httpx.HTTPError:
             pass
 
 

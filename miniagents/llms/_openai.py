@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from miniagents.llms._common import LLMOptions, ToolCallRecord, message_role, thaw, tool_calls_of
-from miniagents.llms._exceptions import LLMError, TruncatedStreamError
+from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -15,6 +15,7 @@ from miniagents.llms._tools import Tool
 __all__ = ["OpenAIDecoder", "OpenAISpec"]
 
 _PASS_THROUGH_ROLES = frozenset({"system", "developer", "user"})
+_NOT_JSON: Any = object()
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -42,10 +43,9 @@ def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[st
         content = str(message)
         if role == "assistant":
             calls = tool_calls_of(message)
-            entry: dict[str, Any] = {
-                "role": "assistant",
-                "content": content if content or not calls else None,
-            }
+            # A turn that only calls tools sends "" (not null): OpenAI accepts both, but llama-cpp-python
+            # (and other compatible servers with a string-typed schema) answer null with an error.
+            entry: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 entry["tool_calls"] = [
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -156,13 +156,11 @@ class OpenAIDecoder:
             self._done = True
             return []
         try:
-            chunk = json.loads(data)
+            chunk: Any = json.loads(data)
         except ValueError:
-            raise LLMError(
-                f"malformed stream event (not JSON): {data[:200]!r}",
-                provider="openai",
-                request_id=self._request_id,
-            ) from None
+            chunk = _NOT_JSON
+        if chunk is _NOT_JSON:  # raised outside the except block: no __context__
+            raise self._malformed(f"not JSON: {data[:200]!r}")
         if not isinstance(chunk, dict):
             return []
         if chunk.get("error"):
@@ -177,34 +175,52 @@ class OpenAIDecoder:
             self._fields["system_fingerprint"] = chunk["system_fingerprint"]
         if isinstance(chunk.get("usage"), dict):
             self._fields["usage"] = chunk["usage"]
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise self._malformed(f"choices is not a list: {choices!r:.200}")
         tokens: list[str] = []
-        for choice in chunk.get("choices") or ():
+        for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise self._malformed(f"delta is not an object: {delta!r:.200}")
             content = delta.get("content")
             if isinstance(content, str) and content:
                 tokens.append(content)
             refusal = delta.get("refusal")
             if isinstance(refusal, str) and refusal:
                 self._refusal.append(refusal)
-            for fragment in delta.get("tool_calls") or ():
+            fragments = delta.get("tool_calls") or []
+            if not isinstance(fragments, list):
+                raise self._malformed(f"delta.tool_calls is not a list: {fragments!r:.200}")
+            for fragment in fragments:
                 self._tool_fragment(fragment)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                self._finish_reason = finish_reason
         return tokens
+
+    def _malformed(self, detail: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            f"malformed stream event ({detail})", provider="openai", request_id=self._request_id
+        )
 
     def _tool_fragment(self, fragment: Any) -> None:
         if not isinstance(fragment, dict):
-            return
+            raise self._malformed(f"a tool call fragment is not an object: {fragment!r:.200}")
         index = fragment.get("index", len(self._calls))
+        if not isinstance(index, int):
+            raise self._malformed(f"tool call index is not an integer: {index!r:.200}")
         call = self._calls.get(index)
         if call is None:
             call = self._calls[index] = _PartialCall()
-        if fragment.get("id") and not call.id:
+        if isinstance(fragment.get("id"), str) and fragment["id"] and not call.id:
             call.id = fragment["id"]
         function = fragment.get("function") or {}
-        if function.get("name") and not call.name:
+        if not isinstance(function, dict):
+            raise self._malformed(f"tool call function is not an object: {function!r:.200}")
+        if isinstance(function.get("name"), str) and function["name"] and not call.name:
             call.name = function["name"]
         arguments = function.get("arguments")
         if isinstance(arguments, str):

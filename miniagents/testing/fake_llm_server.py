@@ -1177,6 +1177,8 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
             if kind == "text":
                 if not isinstance(block.get("text"), str) or not block["text"]:
                     return f"messages.{n}: text content blocks must be non-empty"
+                if not block["text"].strip():
+                    return f"messages.{n}: text content blocks must contain non-whitespace text"
             elif kind == "tool_use":
                 if role != "assistant":
                     return f"messages.{n}: tool_use blocks are only allowed in assistant messages"

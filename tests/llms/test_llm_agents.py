@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from miniagents import AgentCallCancelledError, MiniAgents
@@ -14,6 +16,7 @@ from miniagents.llms import (
     LLMConnectionError,
     LLMError,
     LLMTimeoutError,
+    MalformedResponseError,
     NotFoundError,
     OverloadedError,
     RateLimitError,
@@ -23,6 +26,7 @@ from miniagents.llms import (
     openai_agent,
 )
 from miniagents.testing.fake_llm_server import (
+    SSE,
     FakeLLMServer,
     Gate,
     Hang,
@@ -32,6 +36,9 @@ from miniagents.testing.fake_llm_server import (
     openai_stream,
     raw_response,
 )
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +58,42 @@ def ant(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
 async def collect(promise: Any, into: list[str]) -> None:
     async for token in promise:
         into.append(token)
+
+
+def secret_reachable(exc: BaseException, secret: str) -> list[str]:
+    """Where *secret* can be read from *exc*: its text, args, and the chained exceptions and their requests."""
+    found: list[str] = []
+    seen: set[int] = set()
+    todo: list[tuple[str, BaseException]] = [("error", exc)]
+    while todo:
+        where, current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if secret in str(current) or secret in repr(current) or secret in repr(current.args):
+            found.append(f"{where}: {type(current).__name__} text/args")
+        request = getattr(current, "_request", None)
+        if isinstance(request, httpx.Request) and any(secret in v for v in request.headers.values()):
+            found.append(f"{where}: {type(current).__name__}.request.headers")
+        for attr in ("__cause__", "__context__"):
+            chained = getattr(current, attr)
+            if chained is not None:
+                todo.append((f"{where}.{attr}", chained))
+        for sub in getattr(current, "exceptions", ()) or ():
+            todo.append((f"{where}.exceptions[]", sub))
+    return found
+
+
+async def failure_of(replies: Any) -> BaseException:
+    """Await a reply sequence that must fail; return the exception (unwrapping a lone exception group)."""
+    with anyio.fail_after(DEADLINE):
+        try:
+            await replies
+        except BaseException as exc:
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            return exc
+    raise AssertionError("the call did not fail")
 
 
 PROVIDERS = [
@@ -172,6 +215,45 @@ async def test_anthropic_request_mapping(server: FakeLLMServer) -> None:
     assert body["messages"][3]["content"] == [{"type": "text", "text": "a1"}, {"type": "text", "text": "a2"}]
 
 
+async def test_anthropic_mapping_drops_whitespace_only_text(server: FakeLLMServer) -> None:
+    server.enqueue(anthropic_stream("ok"))
+    async with MiniAgents():
+        # An earlier LLM reply that was only newlines (models do that), a blank user message, a blank rule.
+        await anthropic_agent.inquire(
+            ["q1", {"content": "\n\n", "role": "assistant"}, " ", {"content": "\t", "role": "system"}, "q2"],
+            **ant(server, system=" "),
+        )
+    request = server.requests[0]
+    assert request.validation_error is None
+    assert "system" not in request.json
+    # Whitespace-only texts dropped, then the same-role merge: one user turn remains.
+    assert request.json["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "q1"}, {"type": "text", "text": "q2"}]}
+    ]
+
+
+async def test_fake_server_rejects_whitespace_only_text_like_the_real_api(server: FakeLLMServer) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "q1"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "\n\n"}]},
+            {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+        ],
+    }
+    server.enqueue(anthropic_stream("ok"))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{server.base_url}/v1/messages",
+            json=body,
+            headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        )
+    assert response.status_code == 400
+    assert "non-whitespace" in response.json()["error"]["message"]
+
+
 async def test_llm_replies_become_assistant_turns_in_the_next_call(server: FakeLLMServer) -> None:
     server.enqueue(openai_stream("first answer"), openai_stream("second answer"))
     async with MiniAgents():
@@ -285,6 +367,86 @@ async def test_mid_stream_errors(server: FakeLLMServer) -> None:
     assert len(server.requests) == 2  # not retried
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("how", ["read_timeout", "abort"])
+async def test_mid_stream_transport_errors_keep_no_httpx_exception_in_the_chain(
+    server: FakeLLMServer, provider: Any, how: str
+) -> None:
+    agent, opts, stream, _ = provider
+    if how == "read_timeout":
+        server.enqueue(stream(["a", "b", "c"], hang_after=2 if agent is openai_agent else 4))
+        extra: dict[str, Any] = {"read_timeout": 0.3}
+    else:
+        server.enqueue(stream(["a", "b"], abort=True))
+        extra = {}
+    async with MiniAgents():
+        error = await failure_of(agent.inquire("q", **opts(server, **extra)))
+    assert isinstance(error, (LLMTimeoutError, TruncatedStreamError))
+    # Not just suppressed (`from None`): the httpx exception, whose request holds the key, is not kept at all.
+    assert not isinstance(error.__context__, httpx.HTTPError)
+    assert not secret_reachable(error, KEY), secret_reachable(error, KEY)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_malformed_event_payload_fails_the_message_with_a_typed_error(
+    server: FakeLLMServer, provider: Any
+) -> None:
+    agent, opts, stream, _ = provider
+    if agent is openai_agent:
+        bad = SSE({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": "oops"}]})
+    else:
+        bad = SSE({"type": "content_block_delta", "index": 0, "delta": "oops"}, event="content_block_delta")
+    good = stream(["a", "b"])
+    body = list(good.body)
+    body.insert(2 if agent is openai_agent else 4, bad)  # right after the first token
+    server.enqueue(type(good)(status=200, headers=good.headers, body=body))
+    errors: list[BaseException] = []
+    try:
+        async with MiniAgents():
+            replies = agent.inquire("q", **opts(server))
+            promise = await anext(aiter(replies.promises()))
+            tokens: list[str] = []
+            with pytest.raises(MalformedResponseError, match="malformed stream event"):
+                await collect(promise, tokens)
+            assert tokens == ["a"]  # streamed tokens stay visible, then the message fails
+            errors.append(await failure_of(replies))
+    except BaseException as exc:
+        errors.append(exc)
+    assert len(errors) == 1 and isinstance(errors[0], MalformedResponseError), errors
+
+
+async def test_non_event_stream_2xx_is_a_malformed_response_with_a_snippet(server: FakeLLMServer) -> None:
+    # e.g. a compatible server (or a proxy) that ignores stream: true and answers one JSON completion
+    server.enqueue(
+        raw_response(200, b'{"object": "chat.completion", "choices": []}', content_type="application/json")
+    )
+    async with MiniAgents():
+        with pytest.raises(MalformedResponseError, match="text/event-stream") as caught:
+            await openai_agent.inquire("q", **oai(server))
+    assert caught.value.status == 200
+    assert "chat.completion" in str(caught.value)
+    assert len(server.requests) == 1  # a 2xx is never retried
+
+
+@pytest.mark.parametrize("where", ["stream", "error_body"])
+async def test_undecodable_content_encoding_is_a_typed_error_without_the_key(
+    server: FakeLLMServer, where: str
+) -> None:
+    if where == "stream":
+        good = openai_stream("x")
+        server.enqueue(
+            type(good)(status=200, headers={**dict(good.headers), "content-encoding": "gzip"}, body=good.body)
+        )
+        expected: type[LLMError] = MalformedResponseError
+    else:  # e.g. a proxy's 502 page labelled gzip (httpx itself sent accept-encoding: gzip)
+        server.enqueue(raw_response(502, b"Bad Gateway", headers={"content-encoding": "gzip"}))
+        expected = ServerError  # the status still says what happened
+    async with MiniAgents():
+        error = await failure_of(openai_agent.inquire("q", **oai(server, max_retries=0)))
+    assert isinstance(error, expected), repr(error)
+    assert not secret_reachable(error, KEY), secret_reachable(error, KEY)
+
+
 # -- HTTP errors and retries ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("response", "cls", "requests"),
@@ -353,7 +515,16 @@ async def test_connection_refused_is_retried_then_raised() -> None:
     assert KEY not in repr(caught.value) and KEY not in str(caught.value)
 
 
+async def test_base_url_with_an_impossible_port_is_a_typed_error() -> None:
+    async with MiniAgents():
+        with pytest.raises(LLMError, match="port 99999") as caught:
+            await openai_agent.inquire("q", model="m", api_key=KEY, base_url="http://127.0.0.1:99999/v1")
+    assert KEY not in str(caught.value) and caught.value.__context__ is None
+
+
 # -- timeouts and cancellation ----------------------------------------------------------------------------------
+# The disconnects are awaited inside the MiniAgents context (or while a caller-owned client is still open): the
+# pooled client is closed when the context exits, which would disconnect the server anyway.
 async def test_read_timeout_mid_stream_keeps_tokens_and_disconnects(server: FakeLLMServer) -> None:
     server.enqueue(openai_stream(["a", "b", "c"], hang_after=2))
     async with MiniAgents():
@@ -363,8 +534,8 @@ async def test_read_timeout_mid_stream_keeps_tokens_and_disconnects(server: Fake
         with pytest.raises(LLMTimeoutError):
             await collect(promise, tokens)
         assert tokens == ["a"]
-    with anyio.fail_after(DEADLINE):
-        await server.requests[0].wait_disconnected()
+        with anyio.fail_after(DEADLINE):
+            await server.requests[0].wait_disconnected()
     assert len(server.requests) == 1
 
 
@@ -374,9 +545,9 @@ async def test_timeout_before_headers_is_retried(server: FakeLLMServer) -> None:
     server.enqueue(openai_stream("fast"))
     async with MiniAgents():
         text = await openai_agent.inquire("q", **oai(server, read_timeout=0.3, retry_policy=FAST_RETRY))
-    assert [m.content for m in text] == ["fast"]
-    with anyio.fail_after(DEADLINE):
-        await server.requests[0].wait_disconnected()
+        assert [m.content for m in text] == ["fast"]
+        with anyio.fail_after(DEADLINE):
+            await server.requests[0].wait_disconnected()
 
 
 async def test_whole_call_timeout(server: FakeLLMServer) -> None:
@@ -384,8 +555,8 @@ async def test_whole_call_timeout(server: FakeLLMServer) -> None:
     async with MiniAgents():
         with pytest.raises(LLMTimeoutError, match=r"timeout=0\.3"):
             await anthropic_agent.inquire("q", **ant(server, timeout=0.3))
-    with anyio.fail_after(DEADLINE):
-        await server.requests[0].wait_disconnected()
+        with anyio.fail_after(DEADLINE):
+            await server.requests[0].wait_disconnected()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -396,16 +567,19 @@ async def test_cancelling_the_consumer_scope_closes_the_http_stream(
     # Hang right after the first text event (OpenAI: role chunk, token; Anthropic: start, ping, block, delta).
     server.enqueue(stream(["tok", "never"], hang_after=2 if agent is openai_agent else 4))
     seen = []
-    with anyio.CancelScope() as scope:
-        async with MiniAgents():
-            replies = agent.inquire("q", **opts(server))
-            async for promise in replies.promises():
-                async for token in promise:
-                    seen.append(token)
-                    scope.cancel()
-    assert seen == ["tok"]
-    with anyio.fail_after(DEADLINE):
-        await server.requests[0].wait_disconnected()
+    # A caller-owned client outlives the cancelled context: only the cancellation can close the stream.
+    async with httpx.AsyncClient() as client:
+        with anyio.CancelScope() as scope:
+            async with MiniAgents():
+                replies = agent.inquire("q", **opts(server, http_client=client))
+                async for promise in replies.promises():
+                    async for token in promise:
+                        seen.append(token)
+                        scope.cancel()
+        assert seen == ["tok"]
+        assert not client.is_closed
+        with anyio.fail_after(DEADLINE):
+            await server.requests[0].wait_disconnected()
     assert not server.requests[0].response_complete
 
 
@@ -441,4 +615,25 @@ async def test_illegal_key_is_not_retried_and_never_leaks(server: FakeLLMServer)
         with pytest.raises(LLMConnectionError) as caught:
             await openai_agent.inquire("q", **oai(server, api_key=bad_key))
     assert KEY not in str(caught.value) and KEY not in repr(caught.value)
+    assert len(server.requests) == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("where", ["api_key", "extra_headers"])
+async def test_non_ascii_key_or_header_is_a_typed_error_that_never_carries_the_value(
+    server: FakeLLMServer, provider: Any, where: str
+) -> None:
+    agent, opts, _, _ = provider
+    bad = "sk-t\u00ebst-SECRET-0123456789"  # e.g. pasted with a typographic character or a non-breaking space
+    extra = {"api_key": bad} if where == "api_key" else {"extra_headers": {"x-org": bad}}
+    errors: list[BaseException] = []
+    try:
+        async with MiniAgents():
+            errors.append(await failure_of(agent.inquire("q", **opts(server, **extra))))
+    except BaseException as exc:
+        errors.append(exc)
+    assert errors and isinstance(errors[0], LLMError), repr(errors[0])
+    assert "non-ASCII" in str(errors[0])
+    for error in errors:
+        assert not secret_reachable(error, bad), secret_reachable(error, bad)
     assert len(server.requests) == 0

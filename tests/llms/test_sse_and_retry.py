@@ -17,6 +17,7 @@ from miniagents.llms import (
     LLMConnectionError,
     LLMError,
     LLMTimeoutError,
+    MalformedResponseError,
     NotFoundError,
     OverloadedError,
     PermissionDeniedError,
@@ -213,3 +214,6 @@ def test_error_tree() -> None:
     assert issubclass(LLMTimeoutError, TimeoutError) and issubclass(LLMTimeoutError, LLMError)
     assert issubclass(LLMConnectionError, ConnectionError)
     assert issubclass(TruncatedStreamError, LLMError)
+    assert issubclass(MalformedResponseError, LLMError) and not issubclass(
+        MalformedResponseError, APIStatusError
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from typing import Annotated, Any, Literal, Optional, TypedDict
 
 import anyio
@@ -11,7 +12,14 @@ import pytest
 from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.llms import Tool, ToolRoundsExceededError, anthropic_agent, openai_agent
 from miniagents.llms._tools import json_schema_for
-from miniagents.testing.fake_llm_server import FakeLLMServer, ToolCall, anthropic_stream, openai_stream
+from miniagents.testing.fake_llm_server import (
+    SSE,
+    FakeLLMServer,
+    ScriptedResponse,
+    ToolCall,
+    anthropic_stream,
+    openai_stream,
+)
 
 KEY = "sk-test-key"
 
@@ -160,6 +168,8 @@ async def test_parallel_tool_calls_loop_until_answer(provider: str) -> None:
     second = server.requests[1].json["messages"]
     if provider == "openai":
         assert second[1]["tool_calls"][2]["function"]["arguments"] == '{"input": "hello"}'
+        # "" and not null: OpenAI accepts both, llama-cpp-python answers null with HTTP 500.
+        assert second[1]["content"] == ""
         assert [m["role"] for m in second] == ["user", "assistant", "tool", "tool", "tool"]
     else:
         assert [m["role"] for m in second] == ["user", "assistant", "user"]
@@ -256,3 +266,72 @@ async def test_max_tool_rounds() -> None:
                     max_tool_rounds=2,
                 )
     assert len(server.requests) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_tool_calls_cut_off_by_the_token_limit_are_not_run(provider: str) -> None:
+    ran: list[str] = []
+
+    async def record(city: str) -> str:
+        """Record the call."""
+        ran.append(city)
+        return city
+
+    # The limit hit while the model was writing the arguments: the JSON is incomplete.
+    cut = [ToolCall("record", '{"city": "Pa', id="c1", fragments=['{"ci', 'ty": "Pa'])]
+    async with FakeLLMServer.serve() as server:
+        if provider == "openai":
+            server.enqueue(openai_stream(["Let me"], tool_calls=cut, finish_reason="length"))
+            server.enqueue(openai_stream("next"))
+            agent, base = openai_agent, server.openai_base_url
+        else:
+            server.enqueue(anthropic_stream(["Let me"], tool_uses=cut, stop_reason="max_tokens"))
+            server.enqueue(anthropic_stream("next"))
+            agent, base = anthropic_agent, server.anthropic_base_url
+        async with MiniAgents():
+            replies = await agent.inquire("q", model="m", api_key=KEY, base_url=base, tools=[record])
+            (turn,) = replies  # the turn ends the call: no tool results, no second model request
+            assert ran == [] and len(server.requests) == 1
+            assert turn.finish_reason == ("length" if provider == "openai" else "max_tokens")
+            assert turn.content == "Let me"
+            assert not turn.get("tool_calls")
+            assert [dict(c) for c in turn.incomplete_tool_calls] == [
+                {"id": "c1", "name": "record", "arguments": '{"city": "Pa'}
+            ]
+            # The cut turn is still a valid assistant turn in the next call's history.
+            await agent.inquire(["q", turn, "go on"], model="m", api_key=KEY, base_url=base, tools=[record])
+        assert server.requests[1].validation_error is None
+
+
+@pytest.mark.anyio
+async def test_anthropic_tool_use_input_given_in_content_block_start_is_used() -> None:
+    def ev(payload: dict[str, Any]) -> SSE:
+        return SSE(payload, event=payload["type"])
+
+    start = {"type": "tool_use", "id": "t1", "name": "adder", "input": {"a": 2, "b": 3}}
+    whole_input = ScriptedResponse(
+        status=200,
+        headers={"content-type": "text/event-stream"},
+        body=[
+            ev(
+                {"type": "message_start", "message": {"id": "m1", "model": "c", "usage": {"input_tokens": 1}}}
+            ),
+            ev({"type": "content_block_start", "index": 0, "content_block": start}),
+            ev({"type": "content_block_stop", "index": 0}),  # no input_json_delta at all
+            ev(
+                {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}}
+            ),
+            ev({"type": "message_stop"}),
+        ],
+    )
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(whole_input, anthropic_stream("done"))
+        async with MiniAgents():
+            replies = await anthropic_agent.inquire(
+                "q", model="m", api_key=KEY, base_url=server.anthropic_base_url, tools=[adder]
+            )
+    call_turn, result, answer = replies
+    assert json.loads(call_turn.tool_calls[0]["arguments"]) == {"a": 2, "b": 3}
+    assert result.content == "sum=5" and not result.is_error
+    assert answer.content == "done"
