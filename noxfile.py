@@ -1,6 +1,8 @@
-"""Developer tasks: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s typecheck`."""
+"""Developer tasks: `nox -s demo`, `nox -s examples`, `nox -s tests`, `nox -s lint`, `nox -s typecheck`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -10,8 +12,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, every async test on trio and asyncio."""
-    session.install("-e", ".[test]")
+    """The whole test suite, every async test on trio and asyncio, including the real local-model lane.
+
+    The local model servers (Gemma 3 270M under llama-cpp-python and llama.cpp's llama-server) are built and
+    cached first (minutes on a fresh machine, a second when cached); MINIAGENTS_SKIP_REAL_LLM=1 skips them.
+    """
+    session.install("-e", ".[test,examples]")
+    # PYTHON: the interpreter the tests run with (it keys the cached llama-cpp-python build)
+    session.run("bash", ".ci/prepare-local-llm", external=True, env={"PYTHON": "python"})
     session.run("pytest", *session.posargs)
 
 
@@ -32,6 +40,30 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Set up and run the demo: agents working in parallel with streamed, out-of-order replies."""
+    """Set up and run the demo: a chat streaming from a real local model, then agents working in parallel.
+
+    The first run builds and caches the local model server (minutes; see .ci/prepare-local-llm); no API key
+    is needed.  `nox -s demo -- --no-llm` runs only the part without a model (parallel_research.py).
+    """
     session.install("-e", ".")
-    session.run("python", "examples/parallel_research.py", *session.posargs)
+    if "--no-llm" not in session.posargs:
+        history = Path(session.create_tmp()) / "demo-conversation.db"
+        history.unlink(missing_ok=True)
+        session.run(
+            "python",
+            "examples/conversation.py",
+            "--provider",
+            "local",
+            "--history",
+            str(history),
+            "--input-file",
+            "examples/demo_turns.txt",
+        )
+    session.run("python", "examples/parallel_research.py")
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Run every example non-interactively against the local model and check what each produces."""
+    session.install("-e", ".[test,examples]")
+    session.run("pytest", "tests/test_examples.py", "-p", "no:cacheprovider", *session.posargs)
