@@ -67,3 +67,14 @@ def examples(session: nox.Session) -> None:
     """Run every example non-interactively against the local model and check what each produces."""
     session.install("-e", ".[test,examples]")
     session.run("pytest", "tests/test_examples.py", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks vs upstream miniagents 0.0.35 and a raw-anyio floor (~7 min; `-- --quick` for a smoke run).
+
+    Not part of the test command. Rewrites docs/benchmarks.md and its chart after a full run.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/bench_persistence.py")
