@@ -275,17 +275,19 @@ class SequenceBuilder:
         self._persist: Callable[[Message], None] | None = (
             context.persist if context is not None and context.persists else None
         )
-        self._ordered: deque[list[Iterator[Any]]] = deque()
+        # Containers are created on first use: most builders only ever append ready items, and every object
+        # a call allocates is work for the garbage collector when thousands of calls are in flight.
+        self._ordered: deque[list[Iterator[Any]]] | None = None
         self._ordered_running = False
-        self._oo_units: list[list[Iterator[Any]]] = []
+        self._oo_units: list[list[Iterator[Any]]] | None = None
         self._oo_count = 0
-        self._staged: list[tuple[int, int, Item]] = []
+        self._staged: list[tuple[int, int, Item]] | None = None
         self._flush_scheduled = False
         self._pumps = 0
-        self._pump_scopes: set[anyio.CancelScope] = set()
+        self._pump_scopes: set[anyio.CancelScope] | None = None
         self._finishing = False
         self._forwarded_error: BaseException | None = None
-        self.on_pump_error: Callable[[BaseException, bool], None] = self._fail_from_pump
+        self.on_pump_error: Callable[[BaseException, bool], None] | None = None  # None: fail this builder
         self.on_pump_cancelled: Callable[[BaseException], None] = _ignore_error
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -294,6 +296,7 @@ class SequenceBuilder:
         if self.buffer.done or self._finishing:
             raise SequenceClosedError("cannot send to a sequence that is already finished")
         if self._ordered_running:
+            assert self._ordered is not None
             self._ordered.append([iter((messages,))])
             return
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
@@ -303,6 +306,8 @@ class SequenceBuilder:
         head = self._flatten_ready(stack)
         if head is not _DONE:
             stack.append(iter((head,)))
+            if self._ordered is None:
+                self._ordered = deque()
             self._ordered.append(stack)
             self._ordered_running = True
             self._start_pump(self._run_ordered)
@@ -315,6 +320,8 @@ class SequenceBuilder:
         head = self._flatten_ready(stack)
         if head is not _DONE:
             stack.append(iter((head,)))
+            if self._oo_units is None:
+                self._oo_units = []
             self._oo_units.append(stack)
             self._oo_count += 1
             self._start_pump(self._run_out_of_order, stack, self._oo_count)
@@ -441,6 +448,8 @@ class SequenceBuilder:
         # close successfully and the error would be lost.  Each pump has its own cancel scope, so the
         # builder's owner can stop its sources (cancel_pumps) without cancelling the task group they run in.
         scope = anyio.CancelScope()
+        if self._pump_scopes is None:
+            self._pump_scopes = set()
         self._pump_scopes.add(scope)
         try:
             with scope:
@@ -449,7 +458,7 @@ class SequenceBuilder:
             self._pump_cancelled()
             raise
         except Exception as exc:
-            self.on_pump_error(exc, exc is self._forwarded_error)
+            (self.on_pump_error or self._fail_from_pump)(exc, exc is self._forwarded_error)
             self._pump_ended()
         else:
             if scope.cancelled_caught:
@@ -465,7 +474,7 @@ class SequenceBuilder:
 
     def cancel_pumps(self) -> None:
         """Cancel every pump still feeding this builder (their sources stop; the builder fails as cancelled)."""
-        for scope in list(self._pump_scopes):
+        for scope in list(self._pump_scopes or ()):
             scope.cancel()
 
     def _pump_ended(self) -> None:
@@ -475,6 +484,7 @@ class SequenceBuilder:
 
     async def _run_ordered(self) -> None:
         queue = self._ordered
+        assert queue is not None
         try:
             while queue:
                 await self._feed(queue[0], self._append)
@@ -487,6 +497,8 @@ class SequenceBuilder:
 
     async def _run_out_of_order(self, stack: list[Iterator[Any]], number: int) -> None:
         def stage(item: Item) -> None:
+            if self._staged is None:
+                self._staged = []
             self._staged.append((number, len(self._staged), item))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
@@ -495,6 +507,7 @@ class SequenceBuilder:
         try:
             await self._feed(stack, stage)
         finally:
+            assert self._oo_units is not None
             self._oo_units.remove(stack)
 
     async def _flush_soon(self) -> None:
@@ -509,7 +522,7 @@ class SequenceBuilder:
         self._flush_scheduled = False
         staged = self._staged
         if staged:
-            self._staged = []
+            self._staged = None
             if self.buffer.done:
                 return  # failed meanwhile: salvage() already appended what was staged
             staged.sort(key=lambda entry: (entry[0], entry[1]))
@@ -522,9 +535,11 @@ class SequenceBuilder:
         Used when a producer fails or is cancelled: replies made before the failure must not be lost.
         """
         self._flush_staged()
-        units = [*self._oo_units, *self._ordered]
-        self._oo_units.clear()
-        self._ordered.clear()
+        units = [*(self._oo_units or ()), *(self._ordered or ())]
+        if self._oo_units:
+            self._oo_units.clear()
+        if self._ordered:
+            self._ordered.clear()
         for stack in units:
             while True:
                 try:
