@@ -300,7 +300,10 @@ class SequenceBuilder:
             self._ordered.append([iter((messages,))])
             return
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
-            self._append(messages)
+            if self._persist is None:
+                self.buffer.append(messages)
+            else:
+                self._append(messages)
             return
         stack: list[Iterator[Any]] = [iter((messages,))]
         head = self._flatten_ready(stack)
