@@ -363,7 +363,7 @@ async def test_an_error_in_the_block_body_cancels_the_calls_and_propagates_unwra
         finally:
             cleanups.append("forever")
 
-    with anyio.fail_after(5), pytest.raises(Boom, match="in the body"):  # not an ExceptionGroup
+    with anyio.fail_after(5), pytest.raises(Boom, match="in the body"):  # noqa: PT012 - not an ExceptionGroup
         async with MiniAgents():
             forever.inquire()
             await started.wait()
