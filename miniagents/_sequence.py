@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, Union
 import anyio
 import anyio.lowlevel
 
-from miniagents._buffer import ReplayBuffer
+from miniagents._buffer import BufferIterator, ReplayBuffer
 from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
 from miniagents._messages import Message, TextMessage
 from miniagents._promises import MessagePromise, StreamedPromise
@@ -149,6 +149,11 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
 
 
 class _MessageIterator:
+    """A cursor yielding resolved messages.
+
+    The cursor loop of :class:`BufferIterator`, inlined: this is the hot path of every agent that reads input.
+    """
+
     __slots__ = ("_buffer", "_index")
 
     def __init__(self, buffer: ReplayBuffer[Item]) -> None:
@@ -185,31 +190,19 @@ class _MessageIterator:
 
 
 class _PromiseIterator:
-    __slots__ = ("_buffer", "_index")
+    """A cursor yielding a :class:`MessagePromise` per item (messages that were not streamed get wrapped)."""
+
+    __slots__ = ("_items",)
 
     def __init__(self, buffer: ReplayBuffer[Item]) -> None:
-        self._buffer = buffer
-        self._index = 0
+        self._items = BufferIterator(buffer)
 
     def __aiter__(self) -> _PromiseIterator:
         return self
 
     async def __anext__(self) -> MessagePromise:
-        buffer = self._buffer
-        index = self._index
-        while True:
-            pieces = buffer.pieces
-            if index < len(pieces):
-                self._index = index + 1
-                item = pieces[index]
-                if isinstance(item, MessagePromise):
-                    return item
-                return MessagePromise.resolved(item)
-            if buffer.done:
-                if buffer.error is not None:
-                    buffer.raise_error()
-                raise StopAsyncIteration
-            await buffer.wait_beyond(index)
+        item = await self._items.__anext__()
+        return item if isinstance(item, MessagePromise) else MessagePromise.resolved(item)
 
 
 class MessageSequenceWriter:

@@ -10,8 +10,6 @@ are built and cached on first use; ``MINIAGENTS_SKIP_REAL_LLM=1`` skips this lan
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,40 +17,8 @@ from miniagents import Message, MiniAgents
 from miniagents.llms import ToolRoundsExceededError, anthropic_agent, openai_agent
 from miniagents.llms._local_server import LocalLLMServer
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.real_llm,
-    pytest.mark.skipif(
-        os.environ.get("MINIAGENTS_SKIP_REAL_LLM") == "1",
-        reason="MINIAGENTS_SKIP_REAL_LLM=1: real local LLM servers are not started",
-    ),
-]
-
-API_KEY = "local-test-key"
+API_KEY = "test-key-not-secret"  # as started by conftest.llama_server
 MAX_TOKENS = 16  # enough for several streamed chunks, quick at tens of tokens/s
-
-
-@pytest.fixture(scope="module", params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)  # module scope: one set of servers per backend
-
-
-@pytest.fixture(scope="module")
-async def chat_server(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="gemma") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def tools_server(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="chatml-function-calling") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def messages_server(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-server", api_key=API_KEY) as server:
-        yield server
 
 
 async def stream_one(replies: object) -> tuple[list[str], Message]:
@@ -63,10 +29,10 @@ async def stream_one(replies: object) -> tuple[list[str], Message]:
     return tokens, await promises[0]
 
 
-async def test_openai_agent_streams_a_real_chat_completion(chat_server: LocalLLMServer) -> None:
+async def test_openai_agent_streams_a_real_chat_completion(llama_cpp_python: LocalLLMServer) -> None:
     llm = openai_agent.fork(
-        model=chat_server.model,
-        base_url=chat_server.base_url,
+        model=llama_cpp_python.model,
+        base_url=llama_cpp_python.base_url,
         api_key="unused",
         max_tokens=MAX_TOKENS,
         extra_body={"max_tokens": MAX_TOKENS},  # llama-cpp-python knows only the older field
@@ -82,7 +48,9 @@ async def test_openai_agent_streams_a_real_chat_completion(chat_server: LocalLLM
     assert message.model  # as reported by the server
 
 
-async def test_openai_agent_assembles_real_streamed_tool_calls(tools_server: LocalLLMServer) -> None:
+async def test_openai_agent_assembles_real_streamed_tool_calls(
+    llama_cpp_python_tools: LocalLLMServer,
+) -> None:
     calls: list[str] = []
 
     async def get_weather(city: str) -> str:
@@ -91,8 +59,8 @@ async def test_openai_agent_assembles_real_streamed_tool_calls(tools_server: Loc
         return f"sunny in {city}"
 
     llm = openai_agent.fork(
-        model=tools_server.model,
-        base_url=tools_server.base_url,
+        model=llama_cpp_python_tools.model,
+        base_url=llama_cpp_python_tools.base_url,
         api_key="unused",
         tools=[get_weather],
         tool_choice="get_weather",  # the base model calls tools only when forced
@@ -116,9 +84,9 @@ async def test_openai_agent_assembles_real_streamed_tool_calls(tools_server: Loc
     assert len(calls) == len(results)
 
 
-async def test_anthropic_agent_streams_from_real_messages_endpoint(messages_server: LocalLLMServer) -> None:
+async def test_anthropic_agent_streams_from_real_messages_endpoint(llama_server: LocalLLMServer) -> None:
     llm = anthropic_agent.fork(
-        model=messages_server.model, base_url=messages_server.url, api_key=API_KEY, max_tokens=MAX_TOKENS
+        model=llama_server.model, base_url=llama_server.url, api_key=API_KEY, max_tokens=MAX_TOKENS
     )
     async with MiniAgents():
         tokens, message = await stream_one(
@@ -132,11 +100,11 @@ async def test_anthropic_agent_streams_from_real_messages_endpoint(messages_serv
     assert message.usage["output_tokens"] >= 1
 
 
-async def test_anthropic_agent_gets_a_typed_error_for_a_wrong_key(messages_server: LocalLLMServer) -> None:
+async def test_anthropic_agent_gets_a_typed_error_for_a_wrong_key(llama_server: LocalLLMServer) -> None:
     from miniagents.llms import AuthenticationError
 
     llm = anthropic_agent.fork(
-        model=messages_server.model, base_url=messages_server.url, api_key="wrong-key", max_tokens=MAX_TOKENS
+        model=llama_server.model, base_url=llama_server.url, api_key="wrong-key", max_tokens=MAX_TOKENS
     )
     async with MiniAgents():
         with pytest.raises(AuthenticationError) as info:

@@ -8,7 +8,6 @@ set ``MINIAGENTS_SKIP_REAL_LLM=1`` to skip this lane.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,41 +18,8 @@ import pytest
 
 from miniagents.llms._local_server import LocalLLMServer, LocalLLMServerError
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.real_llm,
-    pytest.mark.skipif(
-        os.environ.get("MINIAGENTS_SKIP_REAL_LLM") == "1",
-        reason="MINIAGENTS_SKIP_REAL_LLM=1: real local LLM servers are not started",
-    ),
-]
-
-API_KEY = "test-key-not-secret"
+API_KEY = "test-key-not-secret"  # as started by conftest.llama_server
 GENERATE = 24  # tokens per request: enough for several chunks, quick at ~35 tokens/s
-
-
-@pytest.fixture(scope="module", params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    # module scope: the servers below are module-scoped async fixtures, started once per backend
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-async def llama_cpp_python(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="gemma") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def llama_cpp_python_tools(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="chatml-function-calling") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def llama_server(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-server", api_key=API_KEY) as server:
-        yield server
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
