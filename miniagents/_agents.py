@@ -297,7 +297,6 @@ class AgentCall:
     __slots__ = (
         "__weakref__",
         "_cancel_requested",
-        "_ctx",
         "_failure",
         "_failure_passed_on",
         "_function_returned",
@@ -339,11 +338,9 @@ class AgentCall:
         self._user_tasks = 0
         self._writers: set[MessageWriter] | None = None
         self._open_calls: dict[AgentCall, None] | None = None
-        self._ctx = InteractionContext(self)
         self._started_at = time.time() if context.records_calls else 0.0
 
         self._input = SequenceBuilder(context, owner)
-        self._input.on_pump_cancelled = self._input.fail
         self._input_sequence = MessageSequencePromise._from_buffer(self._input.buffer)
         # inquire(other_call_replies): the input *is* that sequence, shared instead of copied message by
         # message (a replay buffer serves any number of consumers).  Set while it is the only thing sent.
@@ -351,6 +348,7 @@ class AgentCall:
         self._input_sent = False
         self._replies = SequenceBuilder(context, self)
         self._replies.on_pump_error = self._fail_from_pump
+        self._replies.fail_when_cancelled = False  # the call concludes its replies itself
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
 
         owner.register_open_call(self)
@@ -543,7 +541,7 @@ class AgentCall:
                 self._tg = tg
                 self.accepts_children = True
                 try:
-                    await self.agent.func(self._ctx, **self.kwargs)
+                    await self.agent.func(InteractionContext(self), **self.kwargs)
                 except Exception as exc:
                     self._fail(exc)
                 except BaseExceptionGroup as group:
@@ -566,7 +564,8 @@ class AgentCall:
 
     def _conclude(self, *, cancelled: bool) -> None:
         """Close the reply sequence: the outcome, after salvaging what the replies had ready."""
-        self._initiator.forget_open_call(self)  # nothing keeps a finished call alive
+        self._initiator.forget_open_call(self)  # nothing keeps a finished call alive...
+        self._replies.detach()  # ...not even a reference cycle (freed by refcount, not by the collector)
         self._input.cancel_pumps()  # nothing feeds a finished call: stop the sources of its input
         failure = self._failure
         if self._writers:

@@ -105,7 +105,6 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
 
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
-        builder.on_pump_cancelled = builder.fail
         return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder)
 
     @classmethod
@@ -230,17 +229,14 @@ class MessageSequenceWriter:
         self._builder.fail(error)
 
 
-def _ignore_error(error: BaseException) -> None:  # pragma: no cover - replaced by every owner
-    del error
-
-
 class SequenceBuilder:
     """Flattens ``MessageType`` values into a :class:`ReplayBuffer` (see the module docstring).
 
     ``on_pump_error(error, passed_on)`` is called when a pump fails: an async source raised
     (``passed_on=False``) or a forwarded sequence failed (``passed_on=True``: another buffer recorded the
-    failure already).  ``on_pump_cancelled(error)`` is called when a pump was cancelled before it finished.
-    The owner decides what that means: an agent call fails; a plain sequence fails itself.  Either way, items
+    failure already); by default the builder fails itself.  A pump cancelled before it finished fails the
+    builder with :class:`AgentCallCancelledError` unless ``fail_when_cancelled`` is false (an agent call's
+    replies: the call concludes them itself).  Either way, items
     sent after the one that failed are never delivered: an error surfaces after exactly the messages before it.
     """
 
@@ -258,7 +254,7 @@ class SequenceBuilder:
         "_pumps",
         "_staged",
         "buffer",
-        "on_pump_cancelled",
+        "fail_when_cancelled",
         "on_pump_error",
     )
 
@@ -281,7 +277,7 @@ class SequenceBuilder:
         self._finishing = False
         self._forwarded_error: BaseException | None = None
         self.on_pump_error: Callable[[BaseException, bool], None] | None = None  # None: fail this builder
-        self.on_pump_cancelled: Callable[[BaseException], None] = _ignore_error
+        self.fail_when_cancelled = True
 
     # -- sending --------------------------------------------------------------------------------------------
     def send(self, messages: MessageType) -> None:
@@ -465,8 +461,14 @@ class SequenceBuilder:
             self._pump_scopes.discard(scope)
 
     def _pump_cancelled(self) -> None:
-        self.on_pump_cancelled(AgentCallCancelledError("a message source was cancelled before it finished"))
+        if self.fail_when_cancelled:
+            self.fail(AgentCallCancelledError("a message source was cancelled before it finished"))
         self._pump_ended()
+
+    def detach(self) -> None:
+        """Forget the owner and its callback once it has concluded (no reference cycle outlives a call)."""
+        self._owner = None
+        self.on_pump_error = None
 
     def cancel_pumps(self) -> None:
         """Cancel every pump still feeding this builder (their sources stop; the builder fails as cancelled)."""

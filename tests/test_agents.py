@@ -454,3 +454,20 @@ async def test_agents_functions_and_registered_types_pass_through_kwargs_unfroze
     assert seen == [((echo, tool, len), client)]
     with pytest.raises(TypeError, match="cannot freeze"):
         Message(content="x", client=client)  # message fields must serialise: never by reference
+
+
+async def test_a_finished_call_is_freed_by_reference_counting_alone() -> None:
+    # No reference cycle outlives a call: in a long-running process nothing waits for the cycle collector.
+    gc.disable()
+    try:
+        async with MiniAgents():
+            call = echo.initiate_call().send("x")
+            replies = call.reply_sequence()
+            await replies
+            for _ in range(5):  # asyncio drops its reference to a finished task one loop iteration later
+                await anyio.sleep(0)
+            refs = weakref.ref(call), weakref.ref(replies)
+            del call, replies
+            assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
