@@ -71,7 +71,7 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks vs upstream miniagents 0.0.35 and a raw-anyio floor (~7 min; `-- --quick` for a smoke run).
+    """Benchmarks vs upstream miniagents 0.0.35, a raw-anyio floor and the openai client (~9 min; `-- --quick`).
 
     Not part of the test command. Rewrites docs/benchmarks.md and its chart after a full run.
     """

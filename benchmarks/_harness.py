@@ -74,9 +74,17 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def w6_base_url() -> str:
+    """The base URL of the W6 stream server (``benchmarks/w6_server.py``), which ``run.py`` starts."""
+    url = os.environ.get("BENCH_W6_BASE_URL")
+    if not url:
+        raise SystemExit("W6 needs BENCH_W6_BASE_URL: start benchmarks/w6_server.py (run.py does it)")
+    return url
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("--workload", required=True, choices=["w1", "w2", "w3", "w4", "w4r", "w5"])
+    p.add_argument("--workload", required=True, choices=["w1", "w2", "w3", "w4", "w4r", "w5", "w6"])
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     p.add_argument("--reps", type=int, default=3)

@@ -143,7 +143,26 @@ async def w5(n: int, sw: _harness.Stopwatch, consumers: int) -> int:
     return sum(counts)
 
 
-WORKLOADS = {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w4r": w4r, "w5": w5}
+async def w6(n: int, sw: _harness.Stopwatch) -> int:
+    # Read an n-token OpenAI stream from the W6 server (benchmarks/w6_server.py, another process) through
+    # openai_agent, consuming every token.  The timed region includes the MiniAgents context (and so the
+    # creation and closing of the pooled HTTP client) and the request.
+    from miniagents.llms import openai_agent
+
+    base_url = _harness.w6_base_url()
+    sw.start()
+    count = 0
+    async with MiniAgents():
+        replies = openai_agent.inquire("hi", model=f"bench-{n}", base_url=base_url, api_key="bench")
+        async for mp in replies.promises():
+            async for token in mp:
+                if token:
+                    count += 1
+    sw.stop()
+    return count
+
+
+WORKLOADS = {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w4r": w4r, "w5": w5, "w6": w6}
 
 
 def run_loop(fn, backend):  # type: ignore[no-untyped-def]
