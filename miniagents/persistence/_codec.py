@@ -32,10 +32,8 @@ def encode_message(message: Message) -> tuple[str, str, str | None, list[Message
     keys stay inline (they still round-trip; they are also stored as rows of their own by the runtime).
     """
     cls_type = type(message)
-    simple = _SIMPLE.get(cls_type)
-    if simple is None:
-        simple = _SIMPLE[cls_type] = not any(a.name not in _BASE_FIELDS for a in attrs.fields(cls_type))
-    if simple and not message.extra_fields:  # the common case (TextMessage & co): no encoding needed
+    # the common case (TextMessage & co): nothing to encode
+    if is_simple(cls_type) and not message.extra_fields:
         return f"{cls_type.__module__}:{cls_type.__qualname__}", message.content, None, []
     data = message.to_dict()
     cls = data.pop("class")
@@ -50,6 +48,14 @@ def encode_message(message: Message) -> tuple[str, str, str | None, list[Message
                 data[name] = _strip(fields[name], data[name], nested)
             break
     return cls, content, _dumps(data), nested
+
+
+def is_simple(cls: type[Message]) -> bool:
+    """Whether instances of *cls* declare no field but ``content`` (so their only other fields are extras)."""
+    simple = _SIMPLE.get(cls)
+    if simple is None:
+        simple = _SIMPLE[cls] = not any(a.name not in _BASE_FIELDS for a in attrs.fields(cls))
+    return simple
 
 
 def _strip(value: Any, encoded: Any, nested: list[Message]) -> Any:

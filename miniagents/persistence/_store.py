@@ -73,7 +73,7 @@ class SQLiteStore:
         self,
         path: str | os.PathLike[str],
         *,
-        batch_size: int = 5000,
+        batch_size: int = 20000,
         flush_interval: float = 0.05,
         durable: bool = False,
         timeout: float = 30.0,
@@ -118,7 +118,11 @@ class SQLiteStore:
         writer = self._writer
         if writer is None or writer.finished:
             writer = self._start()
-        writer.put(message)
+        queue = writer.queue  # Writer.put, inlined: this runs on the event loop thread for every message
+        queue.append(message)
+        size = len(queue)
+        if size == 1 or size % writer.batch_size == 0:
+            writer.wake()
         if writer.errors or writer.open_error is not None:
             self._raise_new_errors(writer)
 

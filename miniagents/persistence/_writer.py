@@ -14,6 +14,7 @@ Committed data survives a crash of the process (WAL with ``synchronous=NORMAL``)
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 from miniagents._messages import Message
 from miniagents._records import CallRecord
-from miniagents.persistence._codec import encode_kwargs, encode_message, pack_ids
+from miniagents.persistence._codec import encode_kwargs, encode_message, is_simple, pack_ids
 from miniagents.persistence._schema import migrate
 
 Item = Message | CallRecord
@@ -31,6 +32,22 @@ CommitHook = Callable[[Sequence[str]], None]
 _MAX_KEPT_ERRORS = 20
 _ID_CACHE_LIMIT = 2_000_000
 _SELECT_CHUNK = 500
+# The cached key (set by the runtime, which computes every key before handing a message over); ``None`` when
+# it was not computed, which fails the id lookup and takes the slow path through the ``hash_key`` property.
+_cached_key = operator.attrgetter("_hash_key_cache")
+_INSERT_ROW = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+class _SimpleClasses(dict[type, "str | None"]):
+    """``type -> "module:QualName"`` for message classes with no fields but ``content``, else ``None``."""
+
+    def __missing__(self, cls: type) -> str | None:
+        name = f"{cls.__module__}:{cls.__qualname__}" if is_simple(cls) else None
+        self[cls] = name
+        return name
+
+
+_SIMPLE_CLASS = _SimpleClasses()
 
 
 class FlushRequest:
@@ -108,6 +125,10 @@ class Writer:
         size = len(queue)
         if size == 1 or size % self.batch_size == 0:
             self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the thread (after appending to :attr:`queue` directly, as :meth:`put` does)."""
+        self._wake.set()
 
     def request_flush(self, *, closing: bool = False) -> FlushRequest:
         """Ask the thread to commit everything queued so far now (and to stop afterwards if *closing*)."""
@@ -253,20 +274,25 @@ class Writer:
                 return message_id
 
             calls: list[tuple[CallRecord, list[int], list[int]]] = []
+            simple = _SIMPLE_CLASS
             for item in batch:
                 if isinstance(item, Message):
-                    ensure(item)
+                    key = _cached_key(item) or item.hash_key
+                    if key in ids or key in new:
+                        continue
+                    cls = simple[type(item)]
+                    if cls is not None and not item.extra_fields:  # content only: no encoding at all
+                        new[key] = next_id
+                        rows.append((next_id, key, cls, item.content, None, 0, now))
+                        next_id += 1
+                    else:
+                        ensure(item)
                 else:
-                    calls.append(
-                        (
-                            item,
-                            [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in item.input_messages],
-                            [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in item.reply_messages],
-                        )
-                    )
+                    inputs = self._ids_of(item.input_messages, ensure)
+                    calls.append((item, inputs, self._ids_of(item.reply_messages, ensure)))
             if rows:
                 before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(_INSERT_ROW, rows)
                 inserted = db.total_changes - before
                 if inserted != len(rows):  # some were stored already (an earlier run, another process)
                     remap = self._existing(db, new)
@@ -294,9 +320,19 @@ class Writer:
         if len(ids) + len(new) > _ID_CACHE_LIMIT:
             ids.clear()
         ids.update(new)
+        if self.on_commit is None:
+            return []
         keys = list(new)
         keys.extend(item.hash_key for item in batch if isinstance(item, Message) and item.hash_key not in new)
         return keys
+
+    def _ids_of(self, messages: Sequence[Message], ensure: Callable[[Message], int]) -> list[int]:
+        """The message ids of *messages* (a call's inputs or replies), storing those not stored yet."""
+        ids = self._ids
+        try:  # the common case: every message was persisted (by an earlier item or batch) already
+            return list(map(ids.__getitem__, map(_cached_key, messages)))
+        except KeyError:
+            return [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in messages]
 
     @staticmethod
     def _existing(db: sqlite3.Connection, new: dict[str, int]) -> dict[int, int]:
