@@ -365,7 +365,8 @@ class AgentCall:
             not self._input_sent
             and isinstance(messages, MessageSequencePromise)
             and self._input.open
-            and not self.context.persists  # sent messages must pass the persistence hook: copy them
+            # Sent messages must pass the persistence hook: a sequence of this same context did already.
+            and (not self.context.persists or messages._buffer._ledger is self.context.ledger)
         ):
             self._input_sent = True
             self._input_alias = messages

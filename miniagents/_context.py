@@ -14,6 +14,7 @@ consumer observed.  Cancelling the block (or a scope around it) cancels everythi
 from __future__ import annotations
 
 import inspect
+import itertools
 import sys
 import uuid
 from collections import deque
@@ -57,6 +58,8 @@ class Store(Protocol):
 
 
 _NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents block exited"
+
+_activations = itertools.count(1)
 
 #: How long persistence may go on draining when a ``MiniAgents`` block is cancelled.
 PERSISTENCE_GRACE_SECONDS = 1.0
@@ -151,6 +154,7 @@ class MiniAgents:
         self.native_trio = False
         self._open_calls: dict[AgentCall, None] = {}
         self._seen: set[str] = set()
+        self._activation = 0
         self._persist_queue: deque[Message | CallRecord] = deque()
         self._persist_event: anyio.Event | None = None
         self._persist_closing = False
@@ -239,8 +243,9 @@ class MiniAgents:
     # -- persistence ----------------------------------------------------------------------------------------
     def persist(self, message: Message) -> None:
         """Queue *message* (and, first, the messages nested in it) for the handlers, once per hash key."""
-        if not self._handlers:
+        if not self._handlers or message._persisted_in == self._activation:
             return
+        object.__setattr__(message, "_persisted_in", self._activation)
         key = message.hash_key
         if key in self._seen:
             return
@@ -301,6 +306,7 @@ class MiniAgents:
         self._active = True  # at once: a second task entering concurrently is refused
         self.ledger = ErrorLedger()
         self._seen = set()
+        self._activation = next(_activations)  # marks the messages this activation queued already
         self._persist_closing = False
         self.run_id = uuid.uuid4().hex
         # Set first, so the persistence worker (and anything the store starts) sees this context as current.

@@ -40,7 +40,7 @@ _M = TypeVar("_M", bound="Message")
 
 _CLASS_KEY = "class"
 _TAG = "$t"
-_BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache"})
+_BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache", "_persisted_in"})
 _REGISTRY: dict[str, type[Message]] = {}
 _DECLARED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
 
@@ -80,6 +80,9 @@ class Message:
     content: str = ""
     _extra: FrozenDict[str, Any] = attrs.field(default=EMPTY, alias="extra", repr=False)
     _hash_key_cache: str | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
+    # The persistence run (one per MiniAgents activation) that already queued this very object: forwarding a
+    # message through many agents then costs one identity check per hop, not a hash-set lookup.
+    _persisted_in: int = attrs.field(default=0, init=False, eq=False, hash=False, repr=False)
 
     def __init__(self, *, content: str = "", **extra: Any) -> None:
         if extra:

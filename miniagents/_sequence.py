@@ -372,8 +372,9 @@ class SequenceBuilder:
                 elif isinstance(item, MessageSequencePromise):
                     buffer = item._buffer
                     pieces = buffer.pieces
+                    forward = self._forwarder(buffer, append)
                     for piece in pieces:
-                        append(piece)
+                        forward(piece)
                     if not buffer.done or buffer.error is not None:
                         return _Continuation(item, len(pieces))
                 elif isinstance(item, _Continuation):
@@ -397,15 +398,27 @@ class SequenceBuilder:
                 stack.pop()
         return _DONE
 
+    def _forwarder(
+        self, source: ReplayBuffer[Item], append: Callable[[Item], None]
+    ) -> Callable[[Item], None]:
+        """Return how to append the pieces of another sequence.
+
+        Pieces of a sequence of the same context skip the persistence hook: its producer passed them already.
+        """
+        if append == self._append and source._ledger is self.buffer._ledger and source._ledger is not None:
+            return self.buffer.append
+        return append
+
     async def _drain(self, head: Any, append: Callable[[Item], None]) -> None:
         """Append everything *head* (an async item returned by :meth:`_flatten_ready`) produces."""
         if isinstance(head, _Continuation):
             buffer = head.sequence._buffer
+            forward = self._forwarder(buffer, append)
             index = head.offset
             while True:
                 pieces = buffer.pieces
                 while index < len(pieces):
-                    append(pieces[index])
+                    forward(pieces[index])
                     index += 1
                     head.offset = index
                 if buffer.done:
