@@ -184,9 +184,18 @@ async def _stream(
             # Raised here, not in the except block: the httpx exception (its request holds the key) must not
             # become the __context__ of the error.
             raise failure
+        fields, calls = _decode(spec.name, request_id, decoder.result)
+        # The message is finished before the rest of the body is drained: consumers never wait for that.
+        message = _finish_turn(turn, fields, calls, opts, spec.name)
         if decoder.finished:
             await _drain(chunks)
-        fields, calls = _decode(spec.name, request_id, decoder.result)
+    return message
+
+
+def _finish_turn(
+    turn: _Turn, fields: dict[str, Any], calls: list[ToolCallRecord], opts: LLMOptions, provider: str
+) -> Message:
+    """Resolve the turn's message with its final fields (tool calls of a cut-off turn kept apart)."""
     incomplete = fields.get("finish_reason") in _CUT_OFF_REASONS
     if calls and incomplete:
         # The token limit cut the turn while the model was writing tool calls: their arguments may be
@@ -196,7 +205,7 @@ async def _stream(
         logger.warning(
             "%s turn cut off by the token limit (finish_reason=%r) while calling tools; the %d tool call(s) "
             "were not run (raise max_tokens)",
-            spec.name,
+            provider,
             fields.get("finish_reason"),
             len(calls),
         )

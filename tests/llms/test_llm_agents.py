@@ -637,3 +637,15 @@ async def test_non_ascii_key_or_header_is_a_typed_error_that_never_carries_the_v
     for error in errors:
         assert not secret_reachable(error, bad), secret_reachable(error, bad)
     assert len(server.requests) == 0
+
+
+async def test_the_message_resolves_without_waiting_for_the_rest_of_the_body(server: FakeLLMServer) -> None:
+    # [DONE] arrives, then the server keeps the body open: the reply must not wait for it to end.
+    server.enqueue(openai_stream(["all ", "there"], hang_after=10_000))
+    async with MiniAgents():
+        replies = openai_agent.inquire("hi", **oai(server))
+        with anyio.fail_after(5):
+            async for promise in replies.promises():
+                message = await promise
+                assert message.content == "all there"
+                assert not server.requests[0].disconnected  # not cut off by the drain first
