@@ -8,6 +8,10 @@
    symlink) is refused; an answer that is not a diff, or does not apply, is fed back to the LLM next round.
 4. At most `--rounds` rounds.
 
+Caution: step 2 runs code the model wrote, with your permissions.  The sandbox guarantees that *applying a
+diff* never writes outside it; it does not contain what the tests then execute.  Use a container or a
+throw-away user for projects and models you do not trust.
+
 Run it:  python examples/self_developing.py [--project DIR] [--sandbox DIR] [--rounds 3]
 """
 
