@@ -146,73 +146,62 @@ WORKLOAD_TITLES = {
 # --- environment --------------------------------------------------------------------------------------
 
 
-def upstream_python(log: Any) -> str:
-    """Return an interpreter with upstream ``miniagents==0.0.35``, creating its virtualenv if needed."""
-    explicit = os.environ.get("BENCH_UPSTREAM_PYTHON")
+def reference_python(
+    log: Any, *, env_prefix: str, venv_name: str, version_check: str, version: str, packages: list[str]
+) -> str:
+    """Return an interpreter for a reference implementation, creating its own virtualenv if needed.
+
+    ``BENCH_<env_prefix>_PYTHON`` names an interpreter to use as it is; ``BENCH_<env_prefix>_VENV`` moves the
+    virtualenv (default ``benchmarks/.cache/<venv_name>``).  An existing one is reused when *version_check*
+    (Python code) prints *version*.
+    """
+    explicit = os.environ.get(f"BENCH_{env_prefix}_PYTHON")
     if explicit:
         return explicit
-    venv = Path(os.environ.get("BENCH_UPSTREAM_VENV", CACHE / f"upstream-venv-{UPSTREAM_VERSION}"))
+    venv = Path(os.environ.get(f"BENCH_{env_prefix}_VENV", CACHE / venv_name))
     py = venv / "bin" / "python"
-    check = [str(py), "-c", "import importlib.metadata as m; print(m.version('miniagents'))"]
     if py.exists():
-        out = subprocess.run(check, capture_output=True, text=True, cwd=HERE, env=_clean_env())
-        if out.returncode == 0 and out.stdout.strip() == UPSTREAM_VERSION:
+        out = subprocess.run(
+            [str(py), "-c", version_check], capture_output=True, text=True, cwd=HERE, env=_clean_env()
+        )
+        if out.returncode == 0 and out.stdout.strip() == version:
             return str(py)
-    log(f"creating the upstream virtualenv in {venv} (miniagents=={UPSTREAM_VERSION}) ...")
+    log(f"creating the virtualenv {venv} ({', '.join(packages)}) ...")
     venv.parent.mkdir(parents=True, exist_ok=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     except subprocess.CalledProcessError:
         subprocess.run([sys.executable, "-m", "virtualenv", "--clear", str(venv)], check=True)
     subprocess.run(
-        [
-            str(py),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            f"miniagents=={UPSTREAM_VERSION}",
-        ],
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],
         check=True,
         env=_clean_env(),
     )
     return str(py)
+
+
+def upstream_python(log: Any) -> str:
+    """Return an interpreter with upstream ``miniagents==0.0.35``, creating its virtualenv if needed."""
+    return reference_python(
+        log,
+        env_prefix="UPSTREAM",
+        venv_name=f"upstream-venv-{UPSTREAM_VERSION}",
+        version_check="import importlib.metadata as m; print(m.version('miniagents'))",
+        version=UPSTREAM_VERSION,
+        packages=[f"miniagents=={UPSTREAM_VERSION}"],
+    )
 
 
 def openai_python(log: Any) -> str:
-    """Return an interpreter with ``openai`` (W6's reference client), creating its virtualenv if needed."""
-    explicit = os.environ.get("BENCH_OPENAI_PYTHON")
-    if explicit:
-        return explicit
-    venv = Path(os.environ.get("BENCH_OPENAI_VENV", CACHE / f"openai-venv-{OPENAI_VERSION}"))
-    py = venv / "bin" / "python"
-    check = [str(py), "-c", "import trio, openai; print(openai.__version__)"]
-    if py.exists():
-        out = subprocess.run(check, capture_output=True, text=True, cwd=HERE, env=_clean_env())
-        if out.returncode == 0 and out.stdout.strip() == OPENAI_VERSION:
-            return str(py)
-    log(f"creating the openai-client virtualenv in {venv} (openai=={OPENAI_VERSION}, trio) ...")
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    except subprocess.CalledProcessError:
-        subprocess.run([sys.executable, "-m", "virtualenv", "--clear", str(venv)], check=True)
-    subprocess.run(
-        [
-            str(py),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            f"openai=={OPENAI_VERSION}",
-            "trio",
-        ],
-        check=True,
-        env=_clean_env(),
+    """Return an interpreter with ``openai`` (W6's reference client) and trio, creating its virtualenv."""
+    return reference_python(
+        log,
+        env_prefix="OPENAI",
+        venv_name=f"openai-venv-{OPENAI_VERSION}",
+        version_check="import trio, openai; print(openai.__version__)",
+        version=OPENAI_VERSION,
+        packages=[f"openai=={OPENAI_VERSION}", "trio"],
     )
-    return str(py)
 
 
 class W6Server:
