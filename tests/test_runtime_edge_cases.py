@@ -242,13 +242,14 @@ async def test_a_finished_call_whose_input_was_left_open_is_freed() -> None:
 
 
 # -- errors reach consumers -----------------------------------------------------------------------------------
-async def test_the_agents_error_reaches_the_consumer_even_while_a_reply_was_streaming() -> None:
-    @miniagent
-    async def streams_then_fails(ctx: InteractionContext) -> None:
-        ctx.reply(TextMessage.stream(slow_tokens()))
-        await anyio.sleep(0.01)
-        raise Boom("the real cause")
+@miniagent
+async def streams_then_fails(ctx: InteractionContext) -> None:
+    ctx.reply(TextMessage.stream(slow_tokens()))
+    await anyio.sleep(0.01)
+    raise Boom("the real cause")
 
+
+async def test_the_agents_error_reaches_the_consumer_even_while_a_reply_was_streaming() -> None:
     seen: list[Any] = []
     with anyio.fail_after(3):
         try:
@@ -260,12 +261,6 @@ async def test_the_agents_error_reaches_the_consumer_even_while_a_reply_was_stre
 
 
 async def test_errors_as_messages_gives_the_error_message_even_while_a_reply_was_streaming() -> None:
-    @miniagent
-    async def streams_then_fails(ctx: InteractionContext) -> None:
-        ctx.reply(TextMessage.stream(slow_tokens()))
-        await anyio.sleep(0.01)
-        raise Boom("the real cause")
-
     seen: list[Any] = []
     with anyio.fail_after(3):
         try:
