@@ -5,7 +5,7 @@ Agents are ``async def`` functions decorated with :func:`miniagent`; they read `
 supervised by the :class:`MiniAgents` context, on trio or asyncio.
 """
 
-from miniagents._agents import AgentCall, InteractionContext, MiniAgent, miniagent
+from miniagents._agents import AgentCall, CallStatistics, InteractionContext, MiniAgent, miniagent
 from miniagents._buffer import BufferStatistics
 from miniagents._chain import AWAIT, CLEAR, achain_loop
 from miniagents._context import ContextStatistics, MiniAgents, Store
@@ -18,6 +18,7 @@ from miniagents._exceptions import (
 )
 from miniagents._frozen import FrozenDict, share_by_reference
 from miniagents._messages import ErrorMessage, Message, TextMessage
+from miniagents._observe import CallObserver
 from miniagents._promises import MessagePromise, MessageWriter, Promise, StreamedPromise, StreamWriter
 from miniagents._records import CallOutcome, CallRecord
 from miniagents._sequence import MessageSequencePromise, MessageSequenceWriter, MessageType
@@ -30,8 +31,10 @@ __all__ = [
     "AgentCall",
     "AgentCallCancelledError",
     "BufferStatistics",
+    "CallObserver",
     "CallOutcome",
     "CallRecord",
+    "CallStatistics",
     "ContextStatistics",
     "ErrorMessage",
     "FrozenDict",

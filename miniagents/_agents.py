@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
+import attrs
 
 from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError, StopLoop
 from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
@@ -305,6 +306,7 @@ class AgentCall:
         "_input_alias",
         "_input_sent",
         "_input_sequence",
+        "_observations",
         "_open_calls",
         "_replies",
         "_reply_sequence",
@@ -351,6 +353,9 @@ class AgentCall:
         self._replies.fail_when_cancelled = False  # the call concludes its replies itself
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
 
+        observers = context.observers
+        # Before the task exists: an observer that raises keeps the call from starting.
+        self._observations = tuple((o, o.call_started(self)) for o in observers) if observers else None
         owner.register_open_call(self)
         owner.spawn(self._run)
 
@@ -537,6 +542,8 @@ class AgentCall:
         try:
             if self._cancel_requested:  # cancelled before it started: no agent code runs
                 return
+            if self._observations is not None:
+                self._observe_running()
             # The call's task group is its cancel scope too: cancel() and failures cancel it.
             async with open_task_group(self.context.native_trio) as tg:
                 self._tg = tg
@@ -598,11 +605,39 @@ class AgentCall:
             replies.buffer.close()
         if self.context.records_calls:
             self.context.record_call(self._record(failure, cancelled=cancelled))
+        if self._observations is not None:
+            self._observe_finished(_outcome(failure, cancelled=cancelled), failure)
+
+    def _observe_running(self) -> None:
+        assert self._observations is not None
+        for observer, state in self._observations:
+            try:
+                observer.call_running(self, state)
+            except Exception as exc:
+                self.context.ledger.record_error(exc)
+
+    def _observe_finished(self, outcome: CallOutcome, failure: BaseException | None) -> None:
+        assert self._observations is not None
+        for observer, state in self._observations:
+            try:
+                observer.call_finished(self, state, outcome, failure)
+            except Exception as exc:
+                self.context.ledger.record_error(exc)
+
+    def statistics(self) -> CallStatistics:
+        """Return a snapshot of the call: its ids, message counts so far and whether it is done."""
+        input_buffer = (self._input_alias or self._input_sequence)._buffer
+        return CallStatistics(
+            call_id=self.call_id,
+            agent_alias=self.agent.alias,
+            parent_call_id=None if self.parent is None else self.parent.call_id,
+            input_messages=len(input_buffer.pieces),
+            reply_messages=len(self._replies.buffer.pieces),
+            done=self.done,
+        )
 
     def _record(self, failure: BaseException | None, *, cancelled: bool) -> CallRecord:
-        outcome: CallOutcome = (
-            "failed" if failure is not None else ("cancelled" if cancelled else "completed")
-        )
+        outcome = _outcome(failure, cancelled=cancelled)
         return CallRecord(
             run_id=self.context.run_id,
             call_id=self.call_id,
@@ -617,6 +652,26 @@ class AgentCall:
             input_messages=_resolved_messages((self._input_alias or self._input_sequence)._buffer.pieces),
             reply_messages=_resolved_messages(self._replies.buffer.pieces),
         )
+
+
+@attrs.frozen
+class CallStatistics:
+    """A snapshot of one call, from :meth:`AgentCall.statistics`.
+
+    ``input_messages`` and ``reply_messages`` count the items of the input and the replies so far (a message
+    still streaming counts once).
+    """
+
+    call_id: int
+    agent_alias: str
+    parent_call_id: int | None
+    input_messages: int
+    reply_messages: int
+    done: bool
+
+
+def _outcome(failure: BaseException | None, *, cancelled: bool) -> CallOutcome:
+    return "failed" if failure is not None else ("cancelled" if cancelled else "completed")
 
 
 def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:

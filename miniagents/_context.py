@@ -30,6 +30,7 @@ import sniffio
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
 from miniagents._messages import Message
+from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
 from miniagents._scope import TaskGroupLike, current_call, current_context, open_task_group
 
@@ -123,6 +124,10 @@ class MiniAgents:
             ``miniagents.persistence.SQLiteStore``; entered as an async context manager if it is one.
         errors_as_messages: deliver an agent's exception to its consumers as an
             :class:`~miniagents.ErrorMessage` (``"ValueError: boom"``) instead of raising it.
+        call_observers: objects told when each call starts, runs and ends (:class:`~miniagents.CallObserver`).
+        tracing: OpenTelemetry tracing of every call (``pip install miniagents[otel]``): ``None`` (default)
+            traces when a tracer provider is configured, ``False`` never, ``True`` with the global provider, or
+            pass a ``TracerProvider``.  See :mod:`miniagents.tracing`.
 
     Contexts may nest; the innermost active one is used.  Works inside any trio or asyncio program.
     """
@@ -134,6 +139,8 @@ class MiniAgents:
         on_call_finished: CallHandler | Iterable[CallHandler] | None = None,
         store: Store | None = None,
         errors_as_messages: bool = False,
+        call_observers: Iterable[CallObserver] = (),
+        tracing: Any = None,
     ) -> None:
         self._handlers: list[PersistHandler] = _handler_list(on_persist_message, "on_persist_message")
         self._call_handlers: list[CallHandler] = _handler_list(on_call_finished, "on_call_finished")
@@ -145,6 +152,10 @@ class MiniAgents:
             if callable(on_call):
                 self._call_handlers.append(on_call)
         self.store = store
+        self._call_observers = tuple(call_observers)
+        self._tracing = tracing
+        #: The observers of the current activation (``call_observers`` plus tracing when it is on).
+        self.observers: tuple[CallObserver, ...] = ()
         self.run_id = ""
         self.errors_as_messages = errors_as_messages
         self.ledger = ErrorLedger()
@@ -309,6 +320,7 @@ class MiniAgents:
         self._activation = next(_activations)  # marks the messages this activation queued already
         self._persist_closing = False
         self.run_id = uuid.uuid4().hex
+        self.observers = resolve_observers(self._call_observers, self._tracing)
         # Set first, so the persistence worker (and anything the store starts) sees this context as current.
         self._tokens = (current_context.set(self), current_call.set(None))
         # Exit runs in reverse: finish open inputs, wait for the calls, let persistence drain, wait for the
