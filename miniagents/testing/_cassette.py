@@ -13,6 +13,7 @@ and retries run as they do against the provider.  A client built on a custom tra
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -95,6 +96,10 @@ class CassetteStatistics:
     unused: int
 
 
+# Splits a body after every blank line (the end of an SSE event), whatever the line endings.
+_EVENT_END = re.compile(rb"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)(?!\n)")
+
+
 @attrs.define(eq=False)
 class _Recording:
     key: RequestKey
@@ -107,16 +112,18 @@ class _Recording:
     delays: list[float] = attrs.field(factory=list)
     end: Literal["complete", "abort"] | None = None
 
-    def exchange(self, timing: bool) -> Exchange | None:
+    def exchange(self, timing: bool, exact_chunks: bool) -> Exchange | None:
         if self.status is None or self.end is None:
             return None
         chunks = [redact_bytes(chunk, self.secrets) for chunk in self.chunks]
         joined = b"".join(chunks)
+        delays = list(self.delays)
         if redact_bytes(joined, self.secrets) != joined:  # a secret split across chunks: store one chunk
-            chunks = [redact_bytes(joined, self.secrets)]
-            delays = [sum(self.delays)]
-        else:
-            delays = list(self.delays)
+            joined = redact_bytes(joined, self.secrets)
+            chunks, delays = [joined], [sum(self.delays)]
+        if not exact_chunks and not timing:
+            # The network's chunk boundaries change from run to run: store one chunk per SSE event instead.
+            chunks = [piece for piece in _EVENT_END.split(joined) if piece]
         return Exchange(
             request=self.key,
             status=self.status,
@@ -173,7 +180,11 @@ class Cassette:
             Default: the ``MINIAGENTS_CASSETTE_MODE`` environment variable, else ``"auto"``.
         timing: replay ``"fast"`` (no waiting) or with the ``"original"`` latency and inter-chunk delays (when
             they were recorded).
-        record_timing: store the latency and inter-chunk delays (they change with every recording).
+        record_timing: store the latency and the delay before each chunk (they change with every recording);
+            implies *exact_chunks*.
+        exact_chunks: store the body in the chunks the network delivered (their boundaries change with every
+            recording); by default it is stored as one chunk per SSE event (the same bytes, regrouped), so that
+            re-recording the same exchanges gives the same file.
         ignore_fields: dotted paths of request-body fields that vary between runs (``"metadata.user_id"``,
             ``"messages.*.id"``); they are stored and matched as ``"<ignored>"``.
         normalise: a function applied to every parsed request body before it is stored or matched.
@@ -195,6 +206,7 @@ class Cassette:
         mode: CassetteMode | None = None,
         timing: Literal["fast", "original"] = "fast",
         record_timing: bool = False,
+        exact_chunks: bool = False,
         ignore_fields: Sequence[str] = (),
         normalise: Normaliser | None = None,
         routes: Sequence[str] = DEFAULT_ROUTES,
@@ -209,6 +221,7 @@ class Cassette:
         self.mode: CassetteMode = cast(CassetteMode, requested)
         self.timing = timing
         self.record_timing = record_timing
+        self.exact_chunks = exact_chunks or record_timing
         self.ignore_fields = tuple(ignore_fields)
         self.normalise = normalise
         self.routes = tuple(routes)
@@ -273,8 +286,8 @@ class Cassette:
         try:
             self._deactivate()
         finally:
-            if server_cm is not None:
-                await server_cm.__aexit__(exc_type, exc, tb)
+            if server_cm is not None:  # the block's exception is not the server's: it is raised as it is
+                await server_cm.__aexit__(None, None, None)
         self._finish(exc)
 
     def _prepare(self) -> bool:
@@ -337,13 +350,19 @@ class Cassette:
             self._save()
 
     def _save(self) -> None:
-        new = [e for r in self._recordings if (e := r.exchange(self.record_timing)) is not None]
+        new = [
+            exchange
+            for recording in self._recordings
+            if (exchange := recording.exchange(self.record_timing, self.exact_chunks)) is not None
+        ]
         if self.active_mode == "record-missing":
             if not new:
                 return
             exchanges = [*self._loaded, *new]
         else:
             exchanges = new
+            if not new and not self.path.exists():
+                return  # nothing to record: no file (a later run records again)
         text = dump_cassette(exchanges)
         if self.path.exists():
             try:

@@ -7,11 +7,12 @@ A cassette is a UTF-8 text file of JSON lines.  Line 1 is the header ``{"format"
      "response": {"chunks": ["data: {...}\\n\\n", ...], "end": "complete",
                   "headers": {"content-type": "text/event-stream"}, "status": 200}}
 
-(one line each in the file).  ``chunks`` are the response body exactly as it was received, with its chunk
-boundaries: a chunk that is valid UTF-8 is stored as a string, any other as ``{"base64": "..."}``.  With timing
-recorded, ``response.latency`` (seconds to the response head) and ``response.delays`` (seconds before each chunk)
-are added.  Keys are sorted and nothing time-dependent is written unless timing is recorded, so re-recording the
-same exchanges gives the same file.
+(one line each in the file).  ``chunks`` are the bytes of the response body exactly as they were received: one
+chunk per SSE event by default, or the chunks the network delivered (``Cassette(exact_chunks=True)``).  A chunk
+that is valid UTF-8 is stored as a string, any other as ``{"base64": "..."}``.  With timing recorded,
+``response.latency`` (seconds to the response head) and ``response.delays`` (seconds before each chunk) are added.
+Keys are sorted and nothing that changes from run to run (timing, network chunk boundaries) is written unless
+asked for, so re-recording the same exchanges gives the same file.
 
 Guarantee: no request header is stored, only a short list of response headers (content type and encoding,
 request ids, retry hints); values of secret request headers (``authorization``, ``x-api-key``, ``api-key``, any
