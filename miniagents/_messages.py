@@ -50,14 +50,23 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-_CLASS_JSON: dict[type, str] = {}
+class _ContentOnlyPrefixes(dict[type, "str | None"]):
+    """``cls -> '{"class":"module:QualName","content":'`` for classes that declare no field (else ``None``).
+
+    The canonical JSON of a content-only message is this prefix, the content as an ASCII JSON string (exactly
+    what ``json.dumps`` writes) and ``}``: the hot path of :attr:`Message.hash_key` builds it without a dict.
+    """
+
+    def __missing__(self, cls: type[Message]) -> str | None:
+        prefix = None if _declared_fields(cls) else f'{{"class":{json.dumps(class_path(cls))},"content":'
+        self[cls] = prefix
+        return prefix
 
 
-def _class_json(cls: type) -> str:
-    text = _CLASS_JSON.get(cls)
-    if text is None:
-        text = _CLASS_JSON[cls] = json.dumps(class_path(cls))
-    return text
+_CONTENT_ONLY_PREFIX = _ContentOnlyPrefixes()
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps(str) calls (ensure_ascii=True)
+_sha256 = hashlib.sha256
+_set_slot = object.__setattr__
 
 
 @attrs.frozen(kw_only=True, init=False, repr=False)
@@ -182,14 +191,14 @@ class Message:
         """
         key = self._hash_key_cache
         if key is None:
-            cls = type(self)
-            if not self._extra and not _declared_fields(cls):
+            prefix = _CONTENT_ONLY_PREFIX[type(self)]
+            if prefix is not None and not self._extra:
                 # Content only: the canonical JSON, written directly (keys in sorted order).
-                canonical = f'{{"class":{_class_json(cls)},"content":{json.dumps(self.content)}}}'
+                canonical = prefix + _json_string(self.content) + "}"
             else:
                 canonical = _canonical_json(self._encode_fields(canonical=True))
-            key = hashlib.sha256(canonical.encode("ascii")).hexdigest()
-            object.__setattr__(self, "_hash_key_cache", key)
+            key = _sha256(canonical.encode("ascii")).hexdigest()
+            _set_slot(self, "_hash_key_cache", key)
         return key
 
     def to_dict(self) -> dict[str, Any]:
