@@ -29,7 +29,7 @@ from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord, redact
-from miniagents._scope import TaskGroupLike, current_call, current_context, current_owner, open_task_group
+from miniagents._scope import TaskGroupLike, current_call, current_context, current_owner, open_call_group
 from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -545,7 +545,7 @@ class AgentCall:
             if self._observations is not None:
                 self._observe_running()
             # The call's task group is its cancel scope too: cancel() and failures cancel it.
-            async with open_task_group(self.context.native_trio) as tg:
+            async with open_call_group(self.context.native_trio, self.context.spawn) as tg:
                 self._tg = tg
                 self.accepts_children = True
                 try:

@@ -118,6 +118,8 @@ class ReplayBuffer(Generic[P]):
             if event is None:
                 event = self._event = anyio.Event()
             await event.wait()
+            if self.done and isinstance(self.error, AgentCallCancelledError):
+                await _cancellation_first()
 
     async def wait_closed(self) -> None:
         """Wait until the buffer is closed."""
@@ -126,6 +128,8 @@ class ReplayBuffer(Generic[P]):
             if event is None:
                 event = self._event = anyio.Event()
             await event.wait()
+            if isinstance(self.error, AgentCallCancelledError):
+                await _cancellation_first()
 
     def statistics(self) -> BufferStatistics:
         """Return a snapshot of the buffer's state, for introspection and tests."""
@@ -135,6 +139,16 @@ class ReplayBuffer(Generic[P]):
             failed=self.error is not None,
             waiting_consumers=self._event is not None,
         )
+
+
+async def _cancellation_first() -> None:
+    """Raise the cancellation of the waiting task's own scope, if there is one, before a call's cancellation.
+
+    When one scope cancels both a call and the task waiting for its replies, the waiter must see its own
+    cancellation, not the call's ``AgentCallCancelledError``.  On asyncio cancellation is delivered to each
+    task in a later round of the event loop, so the call can finish (and wake the waiter) first.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 class BufferIterator(Generic[P]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -39,7 +40,9 @@ class TaskOwner(Protocol):
 class CancelScopeLike(Protocol):
     """What the runtime uses of a cancel scope (anyio's and trio's both fit)."""
 
-    cancelled_caught: bool
+    @property
+    def cancelled_caught(self) -> bool:
+        """Whether the scope caught a cancellation it delivered."""
 
     def cancel(self) -> None:
         """Cancel everything inside the scope."""
@@ -65,6 +68,125 @@ def open_task_group(native_trio: bool) -> AbstractAsyncContextManager[TaskGroupL
     if native_trio:
         return trio.open_nursery()
     return anyio.create_task_group()  # type: ignore[return-value]
+
+
+class ScopedChildGroup:
+    """A call's task group on asyncio: a cancel scope of its own, children run in the context's task group.
+
+    anyio's asyncio task group costs more per call than everything else a short call does (its own scope,
+    task bookkeeping, a checkpoint on exit).  Most calls start no child at all, so on asyncio a call opens
+    only this: the agent function runs inside :attr:`host_scope`; each child task is started in *spawn* (the
+    context's calls group) inside a cancel scope of its own that this group owns.  It keeps the guarantees
+    of a task group that the runtime relies on:
+
+    * ``__aexit__`` returns only after every child finished (so a call's replies end after its children);
+    * ``cancel_scope.cancel()`` cancels the body and every child, also children started afterwards;
+    * a cancellation of the task running the group (an outer scope) cancels the children too, and the
+      group still waits for them (shielded) before the cancellation propagates.
+
+    Children must not raise: the runtime routes their errors itself (``_guard_child``, pump guards, calls).
+    """
+
+    __slots__ = ("_child_scopes", "_idle", "_running", "_spawn", "cancelled", "host_scope")
+
+    def __init__(self, spawn: Callable[..., None]) -> None:
+        self._spawn = spawn
+        self.host_scope = anyio.CancelScope()
+        self._child_scopes: set[anyio.CancelScope] = set()
+        self._running = 0
+        self._idle: anyio.Event | None = None
+        self.cancelled = False
+
+    # TaskGroupLike: the group is its own cancel scope.
+    @property
+    def cancel_scope(self) -> ScopedChildGroup:
+        """The group itself (``cancel()`` and ``cancelled_caught`` cover the body and every child)."""
+        return self
+
+    @property
+    def cancelled_caught(self) -> bool:
+        """Whether the body's scope caught the cancellation it delivered."""
+        return self.host_scope.cancelled_caught
+
+    def cancel(self) -> None:
+        """Cancel the body and every child, including children started later."""
+        self.host_scope.cancel()
+        self._cancel_children()
+
+    def _cancel_children(self) -> None:
+        self.cancelled = True
+        for scope in self._child_scopes:
+            scope.cancel()
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``fn(*args)`` as a child: a task of the context's group, inside a scope of this group."""
+        scope = anyio.CancelScope()
+        if self.cancelled:
+            scope.cancel()
+        self._child_scopes.add(scope)
+        self._running += 1
+        try:
+            self._spawn(self._run_child, scope, fn, args)
+        except BaseException:
+            self._child_done(scope)
+            raise
+
+    async def _run_child(
+        self, scope: anyio.CancelScope, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            with scope:
+                await fn(*args)
+        finally:
+            self._child_done(scope)
+
+    def _child_done(self, scope: anyio.CancelScope) -> None:
+        self._child_scopes.discard(scope)
+        self._running -= 1
+        if not self._running and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def _wait_for_children(self) -> None:
+        while self._running:
+            idle = self._idle = anyio.Event()
+            await idle.wait()
+
+    async def __aenter__(self) -> ScopedChildGroup:
+        self.host_scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        # The host scope is never cancelled here: its __exit__ must tell a cancellation it delivered itself
+        # (the call was cancelled: swallowed) from an outer one (propagated).
+        if exc is not None:
+            self._cancel_children()  # as a task group does when its body raises (a cancellation included)
+        if self._running:
+            try:
+                await self._wait_for_children()
+                # asyncio delivers a cancellation to a waiting task in a later loop round: children cancelled
+                # by the same outer scope can finish (and wake us) first.  Do not miss it.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except anyio.get_cancelled_exc_class() as cancelled:
+                self._cancel_children()
+                with anyio.CancelScope(shield=True):
+                    await self._wait_for_children()
+                if exc is None:  # the cancellation is the exception now, unless the host scope swallows it
+                    if self.host_scope.__exit__(type(cancelled), cancelled, cancelled.__traceback__):
+                        return True
+                    raise
+        return self.host_scope.__exit__(exc_type, exc, tb)
+
+
+def open_call_group(
+    native_trio: bool, spawn: Callable[..., None]
+) -> AbstractAsyncContextManager[TaskGroupLike]:
+    """Open the task group of one agent call: trio's nursery on trio, a :class:`ScopedChildGroup` on asyncio."""
+    if native_trio:
+        return trio.open_nursery()
+    return ScopedChildGroup(spawn)
 
 
 current_context: ContextVar[MiniAgents | None] = ContextVar("miniagents_context", default=None)

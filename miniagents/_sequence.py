@@ -445,17 +445,25 @@ class SequenceBuilder:
         owner = self._owner
         if owner is None:  # pragma: no cover - only resolved sequences have no owner, and they never pump
             raise SequenceClosedError("this sequence cannot receive messages that are not ready")
-        self._pumps += 1
-        owner.spawn(self._guard, fn, *args)
-
-    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        # The owner hears of a failure *before* the pump count drops: otherwise a finished builder would
-        # close successfully and the error would be lost.  Each pump has its own cancel scope, so the
-        # builder's owner can stop its sources (cancel_pumps) without cancelling the task group they run in.
+        # Each pump has its own cancel scope, so the builder's owner can stop its sources (cancel_pumps)
+        # without cancelling the task group they run in.  It is registered now, not when the task starts:
+        # cancel_pumps() must also stop a pump whose task has not run yet.
         scope = anyio.CancelScope()
         if self._pump_scopes is None:
             self._pump_scopes = set()
         self._pump_scopes.add(scope)
+        self._pumps += 1
+        try:
+            owner.spawn(self._guard, scope, fn, *args)
+        except BaseException:
+            self._pump_scopes.discard(scope)
+            self._pumps -= 1
+            raise
+
+    async def _guard(self, scope: anyio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        # The owner hears of a failure *before* the pump count drops: otherwise a finished builder would
+        # close successfully and the error would be lost.
+        assert self._pump_scopes is not None
         try:
             with scope:
                 await fn(*args)
