@@ -8,17 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from miniagents._agents import MiniAgent
 from miniagents._frozen import FrozenDict, freeze
-from miniagents._messages import Message
+from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 
 TAG = "$t"
 REF = "ref"
 _PLAIN = (str, int, float, bool, type(None))
-_BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache"})
-_SIMPLE: dict[type[Message], bool] = {}
 _MESSAGE_CLASS = f"{Message.__module__}:{Message.__qualname__}"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
@@ -51,11 +47,12 @@ def encode_message(message: Message) -> tuple[str, str, str | None, list[Message
 
 
 def is_simple(cls: type[Message]) -> bool:
-    """Whether instances of *cls* declare no field but ``content`` (so their only other fields are extras)."""
-    simple = _SIMPLE.get(cls)
-    if simple is None:
-        simple = _SIMPLE[cls] = not any(a.name not in _BASE_FIELDS for a in attrs.fields(cls))
-    return simple
+    """Whether instances of *cls* declare no field but ``content`` (so their only other fields are extras).
+
+    Asks the message module itself (which knows its private bookkeeping slots), so a slot added there
+    never turns every message into a "complex" one here.
+    """
+    return _CONTENT_ONLY_PREFIX[cls] is not None
 
 
 def _strip(value: Any, encoded: Any, nested: list[Message]) -> Any:
