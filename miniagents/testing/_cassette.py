@@ -369,7 +369,7 @@ class Cassette:
                 old = self.path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 old = ""
-            if sorted(old.splitlines()) == sorted(text.splitlines()):
+            if sorted(old.split("\n")) == sorted(text.split("\n")):
                 return  # the same exchanges (in another order, e.g. of concurrent calls): keep the file as it is
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -421,7 +421,9 @@ class Cassette:
             if self.active_mode == "record-missing":
                 return None, None
             exhausted = sum(1 for e in self._loaded if e.request.canonical() == canonical)
-            problem = mismatch_report(self.path, key, self._loaded, exhausted=exhausted)
+            unused = sorted(index for queue in self._queues.values() for index in queue)
+            candidates = [self._loaded[index] for index in unused] or self._loaded  # rather the unreplayed
+            problem = mismatch_report(self.path, key, candidates, exhausted=exhausted)
             self._problems.append(problem)
             return None, problem
 

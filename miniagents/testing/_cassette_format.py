@@ -236,7 +236,7 @@ class RequestKey:
 
     def pretty_lines(self) -> list[str]:
         """Indented canonical JSON lines, for diffs."""
-        return json.dumps(self._as_json(), sort_keys=True, ensure_ascii=False, indent=1).splitlines()
+        return json.dumps(self._as_json(), sort_keys=True, ensure_ascii=False, indent=1).split("\n")
 
     def _as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"method": self.method, "path": self.path, "body": self.body}
@@ -332,7 +332,10 @@ def load_cassette(path: Path) -> list[Exchange]:
         raise CassetteFormatError(
             path, None, f"not UTF-8 text ({error.reason} at byte {error.start})"
         ) from None
-    lines = text.splitlines()
+    # Only "\n" ends a line: JSON strings written with ensure_ascii=False may hold U+0085, U+2028 ... verbatim.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
     if not lines:
         raise CassetteFormatError(path, None, "the file is empty (no header line)")
     header = _parse_line(path, 1, lines[0], last=len(lines) == 1 and not text.endswith("\n"))
@@ -350,7 +353,7 @@ def load_cassette(path: Path) -> list[Exchange]:
         )
     exchanges = []
     for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
+        if not line.strip(" \t\r"):
             continue
         data = _parse_line(path, number, line, last=number == len(lines) and not text.endswith("\n"))
         exchanges.append(_exchange_from_json(path, number, data))

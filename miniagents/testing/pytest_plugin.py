@@ -75,7 +75,7 @@ def pytest_runtest_makereport(
 
 
 def cassette_path(node: pytest.Item, name: str | None) -> Path:
-    """The cassette file of *node*: *name* (``.jsonl`` added when it has no suffix) or one derived from the test.
+    """The cassette file of *node*: *name* (``.jsonl`` added unless it ends so) or one derived from the test.
 
     A relative name is taken from the ``cassettes`` directory next to the test file.
     """
@@ -85,9 +85,7 @@ def cassette_path(node: pytest.Item, name: str | None) -> Path:
         original = getattr(node, "originalname", node.name)
         name = f"{Path(str(node.path)).stem}.{original}" + (f"[{','.join(shown)}]" if shown else "")
         name = _UNSAFE.sub("_", name)
-    path = Path(name)
-    if not path.suffix:
-        path = path.with_name(path.name + ".jsonl")
+    path = Path(name if name.endswith(".jsonl") else name + ".jsonl")
     if not path.is_absolute():
         path = Path(str(node.path)).parent / "cassettes" / path
     return path
