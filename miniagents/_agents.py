@@ -229,10 +229,11 @@ def miniagent(
 class InteractionContext:
     """What an agent function receives: its input, its kwargs, and the ways to reply and to start children."""
 
-    __slots__ = ("_call",)
+    __slots__ = ("_call", "_replies")
 
     def __init__(self, call: AgentCall) -> None:
         self._call = call
+        self._replies = call._replies
 
     @property
     def messages(self) -> MessageSequencePromise:
@@ -260,7 +261,7 @@ class InteractionContext:
         Never blocks: what is ready is delivered at once, the rest is pumped by a child task of this call.
         """
         try:
-            self._call._replies.send(messages)
+            self._replies.send(messages)
         except SequenceClosedError:
             raise SequenceClosedError(
                 f"agent {self._call.agent.alias!r} replied after its call finished"

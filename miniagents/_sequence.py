@@ -282,7 +282,8 @@ class SequenceBuilder:
     # -- sending --------------------------------------------------------------------------------------------
     def send(self, messages: MessageType) -> None:
         """Append *messages* in order (ready parts now, the rest through the ordered pump)."""
-        if self.buffer.done or self._finishing:
+        buffer = self.buffer
+        if buffer.done or self._finishing:
             raise SequenceClosedError("cannot send to a sequence that is already finished")
         if self._ordered_running:
             assert self._ordered is not None
@@ -290,7 +291,11 @@ class SequenceBuilder:
             return
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
             if self._persist is None:
-                self.buffer.append(messages)
+                buffer.pieces.append(messages)  # ReplayBuffer.append, inlined: once per message per hop
+                event = buffer._event
+                if event is not None:
+                    buffer._event = None
+                    event.set()
             else:
                 self._append(messages)
             return
