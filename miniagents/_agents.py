@@ -37,7 +37,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from miniagents._context import MiniAgents
-    from miniagents._promises import MessageWriter
+    from miniagents._promises import MessageWriter, StreamWriter
+    from miniagents._sequence import MessageSequenceWriter
+
+    OpenWriter = MessageWriter | StreamWriter[Any] | MessageSequenceWriter
     from miniagents._scope import TaskOwner
 
 AgentFunction = Callable[..., Coroutine[Any, Any, None]]
@@ -339,7 +342,7 @@ class AgentCall:
         self._failure_passed_on = False
         self._function_returned = False
         self._user_tasks = 0
-        self._writers: set[MessageWriter] | None = None
+        self._writers: set[OpenWriter] | None = None
         self._open_calls: dict[AgentCall, None] | None = None
         self._started_at = time.time() if context.records_calls else 0.0
 
@@ -446,18 +449,18 @@ class AgentCall:
         if self._open_calls is not None:
             self._open_calls.pop(call, None)
 
-    def track_writer(self, writer: MessageWriter) -> None:
+    def track_writer(self, writer: OpenWriter) -> None:
         """Remember an open message writer, failed if still open when the call ends."""
         if self._writers is None:
             self._writers = set()
         self._writers.add(writer)
 
-    def untrack_writer(self, writer: MessageWriter) -> None:
+    def untrack_writer(self, writer: OpenWriter) -> None:
         """Forget a writer that finished or failed."""
         if self._writers is not None:
             self._writers.discard(writer)
 
-    def end_writer(self, writer: MessageWriter, error: BaseException) -> None:
+    def end_writer(self, writer: OpenWriter, error: BaseException) -> None:
         """End a message this call was streaming when *error* stopped it.
 
         With ``errors_as_messages`` the message keeps the tokens it had (consumers then get the
@@ -492,7 +495,7 @@ class AgentCall:
             # them any more: the agent function returned and its last child task ended.
             self._user_tasks -= 1
             if self._function_returned and not self._user_tasks:
-                self._finish_open_calls()
+                self._code_finished()
 
     def _fail_with_group(self, group: BaseExceptionGroup[BaseException]) -> None:
         """Fail with the non-cancellation part of *group*; re-raise the cancellation part (it is not ours).
@@ -558,18 +561,35 @@ class AgentCall:
                 finally:
                     self._function_returned = True
                     if not self._user_tasks:
-                        self._finish_open_calls()
+                        self._code_finished()
             completed = not (self._cancel_requested and tg.cancel_scope.cancelled_caught)
         finally:
             self.accepts_children = False
             self._tg = None
             self._conclude(cancelled=not completed)
 
-    def _finish_open_calls(self) -> None:
+    def _code_finished(self) -> None:
+        """The agent function returned and its last child task ended: no code of this call runs any more.
+
+        Nothing can send to the calls it left open or write to the sequences it opened, so both are
+        finished now (a sequence still open fails: its consumers, and maybe this call's own replies, would
+        otherwise wait forever).
+        """
         open_calls = self._open_calls
         if open_calls:
             for call in list(open_calls):
                 call.finish()
+        writers = self._writers
+        if writers:
+            from miniagents._sequence import MessageSequenceWriter
+
+            for writer in [w for w in writers if isinstance(w, MessageSequenceWriter)]:
+                self.end_writer(
+                    writer,
+                    AgentCallCancelledError(
+                        f"agent {self.agent.alias!r} returned without finishing a sequence it opened"
+                    ),
+                )
 
     def _conclude(self, *, cancelled: bool) -> None:
         """Close the reply sequence: the outcome, after salvaging what the replies had ready."""

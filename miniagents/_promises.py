@@ -25,6 +25,7 @@ from miniagents._messages import Message, TextMessage, build_message
 from miniagents._scope import current_call, current_context, current_owner
 
 if TYPE_CHECKING:
+    from miniagents._agents import AgentCall
     from miniagents._context import ErrorLedger
 
 T = TypeVar("T")
@@ -102,10 +103,13 @@ class StreamWriter(Generic[P]):
     fails the stream with that exception (a cancellation becomes :class:`AgentCallCancelledError`).
     """
 
-    __slots__ = ("_promise",)
+    __slots__ = ("__weakref__", "_owner", "_promise")
 
-    def __init__(self, promise: StreamedPromise[P, Any]) -> None:
+    def __init__(self, promise: StreamedPromise[P, Any], owner: AgentCall | None = None) -> None:
         self._promise = promise
+        self._owner = owner
+        if owner is not None:
+            owner.track_writer(self)
 
     def send(self, piece: P) -> None:
         """Append one piece; consumers see it at once.  Raises :class:`SequenceClosedError` once closed."""
@@ -116,11 +120,19 @@ class StreamWriter(Generic[P]):
 
     def close(self) -> None:
         """Finish the stream successfully (idempotent)."""
-        self._promise._buffer.close()
+        if self._promise._buffer.close():
+            self._untrack()
 
     def fail(self, error: BaseException) -> None:
         """Finish the stream with *error*; pieces already sent stay visible to consumers."""
-        self._promise._buffer.close(error)
+        if self._promise._buffer.close(error):
+            self._untrack()
+
+    def _untrack(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner.untrack_writer(self)
 
     @property
     def closed(self) -> bool:
@@ -173,12 +185,16 @@ class StreamedPromise(Generic[P, T]):
 
     @classmethod
     def open(cls, resolver: Callable[[Sequence[P]], T]) -> tuple[StreamedPromise[P, T], StreamWriter[P]]:
-        """Return a new pending promise and the writer that feeds it."""
+        """Return a new pending promise and the writer that feeds it.
+
+        A writer opened inside an agent call and still open when that call ends is failed with
+        :class:`AgentCallCancelledError` (or the call's own error), so consumers never wait forever.
+        """
         promise = cls.__new__(cls)
         promise._buffer = ReplayBuffer(_ledger())
         promise._resolver = resolver
         promise._whole = _PENDING
-        return promise, StreamWriter(promise)
+        return promise, StreamWriter(promise, current_call.get())
 
     def __aiter__(self) -> AsyncIterator[P]:
         return BufferIterator(self._buffer)

@@ -28,7 +28,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from typing import TYPE_CHECKING, Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, Union, cast
 
 import anyio
 import anyio.lowlevel
@@ -39,6 +39,7 @@ from miniagents._messages import Message, TextMessage
 from miniagents._promises import MessagePromise, StreamedPromise
 
 if TYPE_CHECKING:
+    from miniagents._agents import AgentCall
     from miniagents._context import MiniAgents
     from miniagents._scope import TaskOwner
 
@@ -105,7 +106,8 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
 
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
-        return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder)
+        call = None if owner is context else cast("AgentCall", owner)
+        return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder, call)
 
     @classmethod
     def resolved(cls, messages: Iterable[Message]) -> MessageSequencePromise:
@@ -205,12 +207,21 @@ class _PromiseIterator:
 
 
 class MessageSequenceWriter:
-    """The producer side of :meth:`MessageSequencePromise.open`: ordered and out-of-order sends, then finish."""
+    """The producer side of :meth:`MessageSequencePromise.open`: ordered and out-of-order sends, then finish.
 
-    __slots__ = ("_builder",)
+    A sequence opened inside an agent call must be finished by that call's code (the agent function or its
+    ``ctx.start_soon`` children): one still open when they have all returned is failed with
+    :class:`AgentCallCancelledError` after the messages sent to it, so that neither its consumers nor the
+    call's own replies (which may be waiting for it) wait forever.
+    """
 
-    def __init__(self, builder: SequenceBuilder) -> None:
+    __slots__ = ("__weakref__", "_builder", "_owner")
+
+    def __init__(self, builder: SequenceBuilder, owner: AgentCall | None = None) -> None:
         self._builder = builder
+        self._owner = owner
+        if owner is not None:
+            owner.track_writer(self)
 
     def send(self, messages: MessageType) -> None:
         """Append *messages* (flattened) after everything sent before."""
@@ -223,10 +234,27 @@ class MessageSequenceWriter:
     def finish(self) -> None:
         """Close the sequence once everything sent so far has been appended."""
         self._builder.finish()
+        self._untrack()
+
+    def close(self) -> None:
+        """Same as :meth:`finish` (the name the other writers use)."""
+        self.finish()
 
     def fail(self, error: BaseException) -> None:
         """Close the sequence with *error* after the messages available now."""
         self._builder.fail(error)
+        self._untrack()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`finish` or :meth:`fail` was called (pending items may still be arriving)."""
+        return not self._builder.open
+
+    def _untrack(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner.untrack_writer(self)
 
 
 class SequenceBuilder:
