@@ -30,7 +30,7 @@ from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord, redact
 from miniagents._scope import TaskGroupLike, current_call, current_context, current_owner, open_call_group
-from miniagents._sequence import MessageSequencePromise, MessageType, SequenceBuilder
+from miniagents._sequence import MessageSequencePromise, MessageSequenceWriter, MessageType, SequenceBuilder
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -38,7 +38,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from miniagents._context import MiniAgents
     from miniagents._promises import MessageWriter, StreamWriter
-    from miniagents._sequence import MessageSequenceWriter
 
     OpenWriter = MessageWriter | StreamWriter[Any] | MessageSequenceWriter
     from miniagents._scope import TaskOwner
@@ -581,8 +580,6 @@ class AgentCall:
                 call.finish()
         writers = self._writers
         if writers:
-            from miniagents._sequence import MessageSequenceWriter
-
             for writer in [w for w in writers if isinstance(w, MessageSequenceWriter)]:
                 self.end_writer(
                     writer,
