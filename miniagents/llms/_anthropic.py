@@ -43,8 +43,8 @@ def anthropic_messages(
     become assistant turns (their thinking blocks, text and ``tool_use`` blocks); tool results become
     ``tool_result`` blocks of a user turn; anything else is user text.  Consecutive turns of the same role
     are merged (``tool_result`` blocks first, as the API requires), empty and whitespace-only texts are dropped
-    (the API rejects them), and a placeholder user turn is inserted when the conversation would not start with
-    a user turn.
+    (the API rejects them), a final assistant (prefill) text loses its trailing whitespace (rejected too), and a
+    placeholder user turn is inserted when the conversation would not start with a user turn.
     """
     system_parts = [options.system] if options.system and options.system.strip() else []
     turns: list[dict[str, Any]] = []
@@ -92,6 +92,10 @@ def anthropic_messages(
             turn["content"].sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TURN}]})
+    last = turns[-1]
+    if last["role"] == "assistant" and last["content"][-1].get("type") == "text":
+        # A final assistant turn is a prefill the model continues; the API rejects one that ends in whitespace.
+        last["content"][-1] = {**last["content"][-1], "text": last["content"][-1]["text"].rstrip()}
     system = "\n\n".join(system_parts) if system_parts else None
     return system, turns
 

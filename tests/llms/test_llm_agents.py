@@ -232,6 +232,20 @@ async def test_anthropic_mapping_drops_whitespace_only_text(server: FakeLLMServe
     ]
 
 
+async def test_anthropic_prefill_loses_its_trailing_whitespace(server: FakeLLMServer) -> None:
+    # A final assistant turn is a prefill; the real API rejects one ending in whitespace.
+    server.enqueue(anthropic_stream(" world"))
+    async with MiniAgents():
+        replies = await anthropic_agent.inquire(
+            ["Say hello world", {"content": "hello \n", "role": "assistant"}], **ant(server)
+        )
+    assert server.requests[0].json["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "hello"}],
+    }
+    assert [str(m) for m in replies] == [" world"]
+
+
 async def test_fake_server_rejects_whitespace_only_text_like_the_real_api(server: FakeLLMServer) -> None:
     body = {
         "model": "m",
