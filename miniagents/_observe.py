@@ -59,7 +59,7 @@ def resolve_observers(observers: Iterable[CallObserver], tracing: Any) -> tuple[
     result = tuple(observers)
     if tracing is False or (tracing is None and "opentelemetry.trace" not in sys.modules):
         return result
-    from miniagents.tracing import tracing_observer  # type: ignore[import-not-found,unused-ignore]
+    from miniagents.tracing import tracing_observer
 
     observer = tracing_observer(tracing)
     return result if observer is None else (*result, observer)

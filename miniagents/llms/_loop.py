@@ -34,6 +34,7 @@ from miniagents.llms._http import (
 )
 from miniagents.llms._sse import SSEDecoder
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
+from miniagents.tracing._state import chat_span
 
 __all__ = ["run_llm_agent"]
 
@@ -120,18 +121,22 @@ async def _model_turn(
         headers.update(opts.extra_headers)
     timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
     turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
-    try:
-        with anyio.move_on_after(opts.timeout if opts.timeout is not None else float("inf")) as deadline:
-            message = await _stream(turn, spec, opts, client, url, headers, body, timeout)
-        if deadline.cancelled_caught:
-            raise LLMTimeoutError(
-                f"the model call took longer than timeout={opts.timeout} s", provider=spec.name
-            )
-    except LLMError as error:
-        if turn.writer is None:
-            raise
-        turn.writer.fail(error)
-        return None
+    # OpenTelemetry: a no-op unless the call is traced; adds the traceparent header when it is.
+    with chat_span(spec.name, opts, url, headers, conversation) as span:
+        try:
+            with anyio.move_on_after(opts.timeout if opts.timeout is not None else float("inf")) as deadline:
+                message = await _stream(turn, spec, opts, client, url, headers, body, timeout)
+            if deadline.cancelled_caught:
+                raise LLMTimeoutError(
+                    f"the model call took longer than timeout={opts.timeout} s", provider=spec.name
+                )
+        except LLMError as error:
+            if turn.writer is None:
+                raise
+            span.failed(error)
+            turn.writer.fail(error)
+            return None
+        span.finished(message)
     return message
 
 

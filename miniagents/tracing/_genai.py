@@ -1,0 +1,197 @@
+"""The span of one model request, after the OpenTelemetry GenAI semantic conventions (imports ``opentelemetry``).
+
+Only the request options, the response fields of the resolved message and (when the user opted in) the
+conversation text are recorded: never headers, URLs (only the host and port) or keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from miniagents.llms._common import message_role, tool_calls_of
+
+if TYPE_CHECKING:
+    from miniagents._messages import Message
+    from miniagents.llms._common import LLMOptions
+
+__all__ = ["OpenChatSpan"]
+
+CANCELLED_EVENT = "miniagents.request.cancelled"
+
+
+def _server(url: str) -> dict[str, Any]:
+    """``server.address`` / ``server.port`` of *url* (never the rest of it: it may carry credentials)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return {}
+    if not host:
+        return {}
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return {"server.address": host, "server.port": port}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:
+        return text
+
+
+def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    role = message_role(message)
+    content = str(message)
+    if role == "tool":
+        part: dict[str, Any] = {
+            "type": "tool_call_response",
+            "id": str(message.get("tool_call_id", "")),
+            "response": content,
+        }
+        return role, [part]
+    parts: list[dict[str, Any]] = [{"type": "text", "content": content}] if content else []
+    if role == "assistant":
+        for call in tool_calls_of(message):
+            parts.append(
+                {
+                    "type": "tool_call",
+                    "id": call.id,
+                    "name": call.name,
+                    "arguments": _arguments(call.arguments),
+                }
+            )
+    return role, parts
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    """Input/output token counts from OpenAI (``prompt_tokens``...) or Anthropic (``input_tokens``...) usage."""
+    if not isinstance(usage, Mapping):
+        return {}
+
+    def count(*keys: str) -> int | None:
+        values = [usage.get(k) for k in keys]
+        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        return sum(ints) if ints else None
+
+    result: dict[str, int] = {}
+    # Anthropic reports cached prompt tokens apart; the conventions count them as input tokens.
+    input_tokens = count("prompt_tokens") if "prompt_tokens" in usage else None
+    if input_tokens is None:
+        input_tokens = count("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    output_tokens = count("completion_tokens") if "completion_tokens" in usage else count("output_tokens")
+    if input_tokens is not None:
+        result["gen_ai.usage.input_tokens"] = input_tokens
+    if output_tokens is not None:
+        result["gen_ai.usage.output_tokens"] = output_tokens
+    return result
+
+
+class OpenChatSpan:
+    """A started ``chat {model}`` span; a context manager that ends it once (see ``ChatSpan``)."""
+
+    __slots__ = ("_capture", "_ended", "_failed", "span")
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        capture_content: bool,
+        provider: str,
+        options: LLMOptions,
+        url: str,
+        headers: MutableMapping[str, str],
+        conversation: Sequence[Message],
+    ) -> None:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.system": provider,
+            "gen_ai.request.model": options.model,
+            **_server(url),
+        }
+        if options.max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = options.max_tokens
+        if options.temperature is not None:
+            attributes["gen_ai.request.temperature"] = float(options.temperature)
+        if options.top_p is not None:
+            attributes["gen_ai.request.top_p"] = float(options.top_p)
+        if options.stop:
+            attributes["gen_ai.request.stop_sequences"] = list(options.stop)
+        if capture_content:
+            if options.system:
+                attributes["gen_ai.system_instructions"] = _json(
+                    [{"type": "text", "content": options.system}]
+                )
+            messages = []
+            for message in conversation:
+                role, parts = _parts(message)
+                if parts:
+                    messages.append({"role": role, "parts": parts})
+            attributes["gen_ai.input.messages"] = _json(messages)
+        self.span: Span = tracer.start_span(
+            f"chat {options.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+        self._capture = capture_content
+        self._ended = False
+        self._failed = False
+        propagate.inject(headers, context=trace.set_span_in_context(self.span))
+
+    def __enter__(self) -> OpenChatSpan:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._ended:
+            return
+        if exc is not None and not self._failed:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.span.add_event(CANCELLED_EVENT)
+            else:
+                self.failed(exc)
+        self._ended = True
+        self.span.end()
+
+    def failed(self, error: BaseException) -> None:
+        """Record *error* (the first failure only): exception event, ``error.type``, ``ERROR`` status."""
+        if self._failed or self._ended:
+            return
+        self._failed = True
+        self.span.record_exception(error)
+        self.span.set_attribute("error.type", type(error).__qualname__)
+        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def finished(self, message: Message) -> None:
+        """Record the response fields of the turn's resolved *message*."""
+        if self._ended:
+            return
+        attributes: dict[str, Any] = {}
+        model = message.get("model")
+        if isinstance(model, str) and model:
+            attributes["gen_ai.response.model"] = model
+        response_id = message.get("response_id")
+        if isinstance(response_id, str) and response_id:
+            attributes["gen_ai.response.id"] = response_id
+        finish_reason = message.get("finish_reason")
+        if isinstance(finish_reason, str) and finish_reason:
+            attributes["gen_ai.response.finish_reasons"] = [finish_reason]
+        attributes.update(_usage(message.get("usage")))
+        if self._capture:
+            _, parts = _parts(message)
+            output: dict[str, Any] = {"role": "assistant", "parts": parts}
+            if isinstance(finish_reason, str) and finish_reason:
+                output["finish_reason"] = finish_reason
+            attributes["gen_ai.output.messages"] = _json([output])
+        self.span.set_attributes(attributes)
