@@ -236,6 +236,8 @@ class Writer:
         note = f"miniagents.persistence: could not store {what} in {self.path!r}"
         if hasattr(exc, "add_note"):
             exc.add_note(note)
+        else:  # pragma: no cover - Python 3.10: the exceptiongroup backport prints __notes__ too
+            exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
         self._keep(exc)
 
     def _keep(self, exc: BaseException) -> None:
