@@ -17,6 +17,15 @@ from miniagents._exceptions import (
     StopLoop,
 )
 from miniagents._frozen import FrozenDict, share_by_reference
+from miniagents._limits import (
+    LimiterClock,
+    LLMRequestInfo,
+    RateKeyStatistics,
+    RateLease,
+    RateLimit,
+    RateLimiter,
+    api_key_fingerprint,
+)
 from miniagents._messages import ErrorMessage, Message, TextMessage
 from miniagents._observe import CallObserver
 from miniagents._promises import MessagePromise, MessageWriter, Promise, StreamedPromise, StreamWriter
@@ -39,6 +48,8 @@ __all__ = [
     "ErrorMessage",
     "FrozenDict",
     "InteractionContext",
+    "LLMRequestInfo",
+    "LimiterClock",
     "Message",
     "MessagePromise",
     "MessageSequencePromise",
@@ -50,6 +61,10 @@ __all__ = [
     "MiniAgentsError",
     "NoActiveContextError",
     "Promise",
+    "RateKeyStatistics",
+    "RateLease",
+    "RateLimit",
+    "RateLimiter",
     "SequenceClosedError",
     "StopLoop",
     "Store",
@@ -58,6 +73,7 @@ __all__ = [
     "TextMessage",
     "__version__",
     "achain_loop",
+    "api_key_fingerprint",
     "miniagent",
     "share_by_reference",
 ]

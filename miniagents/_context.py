@@ -29,6 +29,7 @@ import attrs
 import sniffio
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
+from miniagents._limits import RateLimiter
 from miniagents._messages import Message
 from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
@@ -128,6 +129,8 @@ class MiniAgents:
         tracing: OpenTelemetry tracing of every call (``pip install miniagents[otel]``): ``None`` (default)
             traces when a tracer provider is configured, ``False`` never, ``True`` with the global provider, or
             pass a ``TracerProvider``.  See :mod:`miniagents.tracing`.
+        rate_limiter: a :class:`~miniagents.RateLimiter` every LLM agent request in this context goes through
+            (every attempt, retries included, however deeply nested the call, tool calls included).
 
     Contexts may nest; the innermost active one is used.  Works inside any trio or asyncio program.
     """
@@ -141,6 +144,7 @@ class MiniAgents:
         errors_as_messages: bool = False,
         call_observers: Iterable[CallObserver] = (),
         tracing: Any = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self._handlers: list[PersistHandler] = _handler_list(on_persist_message, "on_persist_message")
         self._call_handlers: list[CallHandler] = _handler_list(on_call_finished, "on_call_finished")
@@ -154,6 +158,12 @@ class MiniAgents:
         self.store = store
         self._call_observers = tuple(call_observers)
         self._tracing = tracing
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise TypeError(
+                f"rate_limiter= needs a miniagents.RateLimiter, got {type(rate_limiter).__name__}"
+            )
+        #: The limiter of every LLM request made in this context (``None``: not limited).
+        self.rate_limiter = rate_limiter
         #: The observers of the current activation (``call_observers`` plus tracing when it is on).
         self.observers: tuple[CallObserver, ...] = ()
         self.run_id = ""

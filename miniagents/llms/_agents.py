@@ -38,6 +38,11 @@ _OPTIONS_DOC = """
         extra_body: more JSON fields for the request body (override the generated ones).
         extra_headers: more request headers.
         anthropic_version: the ``anthropic-version`` header (Anthropic only; default ``2023-06-01``).
+        rate_limiter: a :class:`~miniagents.RateLimiter` for this agent's requests (shared by every call of a
+            fork that holds it); the context's ``MiniAgents(rate_limiter=)`` applies too: the request waits in
+            this one, then in the context's.  Every attempt (retries included) reserves the prompt estimate
+            (JSON body bytes / 4) plus ``max_tokens``, settles to the reported ``usage``, and a 429/503/529 with
+            ``retry-after`` pauses every waiter on its key.  The wait counts toward ``timeout``.
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),

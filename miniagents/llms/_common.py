@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import attrs
 import httpx
 
+from miniagents._limits import RateLimiter
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -92,6 +93,7 @@ class LLMOptions:
     extra_body: Mapping[str, Any] | None = None
     extra_headers: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     anthropic_version: str = "2023-06-01"
+    rate_limiter: RateLimiter | None = None
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -146,6 +148,11 @@ def parse_options(agent_name: str, options: Mapping[str, Any]) -> LLMOptions:
         value = values.get(name)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{agent_name}(): {name} must be a str, got {type(value).__name__}")
+    limiter = values.get("rate_limiter")
+    if limiter is not None and not isinstance(limiter, RateLimiter):
+        raise TypeError(
+            f"{agent_name}(): rate_limiter must be a miniagents.RateLimiter, got {type(limiter).__name__}"
+        )
     policy = values.get("retry_policy")
     if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
         raise TypeError(f"{agent_name}(): retry_policy must be a RetryPolicy or a mapping of its fields")

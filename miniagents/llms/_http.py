@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
 
 import anyio
@@ -20,6 +20,7 @@ from miniagents.llms._exceptions import (
     TruncatedStreamError,
     error_class_for,
 )
+from miniagents.llms._limiting import RequestLimits
 from miniagents.llms._retry import RetryPolicy, should_retry_status
 
 __all__ = [
@@ -246,6 +247,7 @@ async def open_stream(
     retry: RetryPolicy,
     provider: str,
     secrets: Iterable[str] = (),
+    limits: RequestLimits | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """POST *body* as JSON and yield the successful streaming response.
 
@@ -253,10 +255,16 @@ async def open_stream(
     *retry* before the response starts; a non-retryable or last failure raises the typed :class:`LLMError`.
     Once a 2xx response is yielded nothing is retried.  The response is closed on exit, also on cancellation,
     which closes the connection when the body was not read to the end.
+
+    With *limits*, every attempt first waits for its rate-limit leases and holds them until the response is
+    closed; a 429/503/529 with ``retry-after`` pauses the keys, and the retry then waits in the limiter's queue
+    (in order, behind the other waiters) instead of sleeping.
     """
     secrets = list(secrets)
     check_header_values(headers, provider=provider)
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    if limits is not None:
+        limits.estimate(len(content))
     retries_done = 0
     while True:
         request = _build_request(client, url, content, headers, timeout, provider, secrets)
@@ -264,34 +272,42 @@ async def open_stream(
         response: httpx.Response | None = None
         error: LLMError | None = None
         retryable = False
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.RequestError as exc:
-            error = transport_error(exc, provider=provider, streaming=False, secrets=secrets)
-            retryable = isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_RETRYABLE)
-        if response is not None and response.is_success:
+        paused = False
+        async with limits.attempt() if limits is not None else nullcontext():
             try:
-                await _check_event_stream(response, provider=provider)
-                yield response
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
-            return
-        if response is not None:
-            raw = b""
-            unreadable = False
-            try:
-                raw = await _read_limited(response)
-            except httpx.HTTPError:  # transport or decoding failure: the status still tells what happened
-                unreadable = True
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
-            error = build_status_error(response.status_code, response.headers, raw, provider=provider)
-            if unreadable and not raw:
-                error.message += " (the error body could not be read)"
-            retry_headers = response.headers
-            retryable = should_retry_status(response.status_code, response.headers, error_code=error.code)
+                response = await client.send(request, stream=True)
+            except httpx.RequestError as exc:
+                error = transport_error(exc, provider=provider, streaming=False, secrets=secrets)
+                retryable = isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_RETRYABLE)
+            if response is not None and response.is_success:
+                if limits is not None:
+                    limits.accepted()
+                try:
+                    await _check_event_stream(response, provider=provider)
+                    yield response
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                return
+            if response is not None:
+                raw = b""
+                unreadable = False
+                try:
+                    raw = await _read_limited(response)
+                except httpx.HTTPError:  # transport or decoding failure: the status still tells what happened
+                    unreadable = True
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                error = build_status_error(response.status_code, response.headers, raw, provider=provider)
+                if unreadable and not raw:
+                    error.message += " (the error body could not be read)"
+                retry_headers = response.headers
+                retryable = should_retry_status(response.status_code, response.headers, error_code=error.code)
+            if limits is not None:
+                paused = limits.rejected(
+                    response.status_code if response is not None else None, retry_headers
+                )
         assert error is not None
         # Raised outside the except blocks above: the httpx exception (and its request) is not the context.
         if not retryable or retries_done >= retry.max_retries:
@@ -299,14 +315,16 @@ async def open_stream(
         delay = retry.delay(retries_done, retry_headers)
         retries_done += 1
         logger.info(
-            "%s request failed (%s); retry %d of %d in %.2f s",
+            "%s request failed (%s); retry %d of %d in %.2f s%s",
             provider,
             type(error).__name__,
             retries_done,
             retry.max_retries,
             delay,
+            " (every request on its rate-limit key waits as long)" if paused else "",
         )
-        await anyio.sleep(delay)
+        if not paused:
+            await anyio.sleep(delay)
 
 
 async def _check_event_stream(response: httpx.Response, *, provider: str) -> None:

@@ -32,6 +32,7 @@ from miniagents.llms._http import (
     shared_http_client,
     transport_error,
 )
+from miniagents.llms._limiting import request_limits
 from miniagents.llms._sse import SSEDecoder
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
 from miniagents.tracing._state import chat_span
@@ -151,6 +152,14 @@ async def _stream(
     timeout: httpx.Timeout,
 ) -> Message:
     secrets = [value for value in headers.values() if value]
+    limits = request_limits(
+        opts.rate_limiter,
+        provider=spec.name,
+        model=opts.model,
+        base_url=resolve_base_url(opts, spec),
+        api_key=resolve_api_key(opts, spec),
+        body=body,
+    )
     async with open_stream(
         client,
         url,
@@ -160,6 +169,7 @@ async def _stream(
         retry=opts.retry(),
         provider=spec.name,
         secrets=secrets,
+        limits=limits,
     ) as response:
         request_id = request_id_of(response.headers)
         if request_id:
@@ -192,6 +202,8 @@ async def _stream(
         fields, calls = _decode(spec.name, request_id, decoder.result)
         # The message is finished before the rest of the body is drained: consumers never wait for that.
         message = _finish_turn(turn, fields, calls, opts, spec.name)
+        if limits is not None:
+            limits.settle_usage(message.get("usage"))
         if decoder.finished:
             await _drain(chunks)
     return message
