@@ -2,8 +2,9 @@
 
 W2 is 100k messages through a chain of 5 forwarding agents (as in ``impl_ours.py``).  Each repetition runs the
 variants side by side in one process, in alternating order: ``off`` (no persistence), ``noop`` (a no-op
-``on_persist_message`` handler: the runtime's own persistence cost), and ``store`` (``SQLiteStore`` with call
-records, to a fresh file; the time includes closing the store, i.e. until everything is committed).
+``on_persist_message`` handler: the runtime's own persistence cost), and ``noopbatch`` (a store whose batch method
+``on_persist_messages`` does nothing: the runtime's cost on the path ``SQLiteStore`` takes), ``store``
+(``SQLiteStore`` with call records, to a fresh file; the time includes closing the store, i.e. until everything is committed).
 ``direct`` feeds the same 100k messages straight into the store's handler and closes it: the store's own
 throughput, without the agents.
 
@@ -77,16 +78,18 @@ def main() -> None:
     parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     args = parser.parse_args()
     n = args.size
-    results: dict[str, list[tuple[float, float]]] = {"off": [], "noop": [], "store": []}
+    results: dict[str, list[tuple[float, float]]] = {"off": [], "noop": [], "noopbatch": [], "store": []}
     rates: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            order = ["off", "noop", "store"] if rep % 2 == 0 else ["store", "noop", "off"]
+            order = list(results) if rep % 2 == 0 else list(reversed(results))
             for variant in order:
                 if variant == "off":
                     results[variant].append(measure(lambda: w2(n), args.backend))
                 elif variant == "noop":
                     results[variant].append(measure(lambda: w2(n, on_persist_message=_noop), args.backend))
+                elif variant == "noopbatch":
+                    results[variant].append(measure(lambda: w2(n, store=_NoopBatchStore()), args.backend))
                 else:
                     path = str(Path(tmp) / f"w2-{rep}.db")
                     results[variant].append(measure(lambda p=path: w2(n, store=SQLiteStore(p)), args.backend))
@@ -103,7 +106,10 @@ def main() -> None:
     print(
         f"  slowdown store/off: wall {store_wall / off_wall:.2f}x  cpu {store_cpu / off_cpu:.2f}x  (target <= 1.5x)"
     )
-    print(f"  slowdown noop/off (runtime persistence path alone): wall {median['noop'][0] / off_wall:.2f}x")
+    print(
+        f"  runtime persistence path alone: noop/off wall {median['noop'][0] / off_wall:.2f}x,"
+        f" noopbatch/off wall {median['noopbatch'][0] / off_wall:.2f}x"
+    )
     print(
         f"  W2 with store: {int(n / store_wall)} messages/s persisted end to end (incl. agents, calls and commit)"
     )
@@ -112,6 +118,16 @@ def main() -> None:
 
 def _noop(message: Message) -> None:
     return None
+
+
+class _NoopBatchStore:
+    """A store that takes batches and keeps nothing."""
+
+    def on_persist_message(self, message: Message) -> None:
+        return None
+
+    def on_persist_messages(self, messages: list[Message]) -> None:
+        return None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import anyio
 import attrs
@@ -30,7 +30,7 @@ import sniffio
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
 from miniagents._limits import RateLimiter
-from miniagents._messages import Message
+from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
 from miniagents._scope import TaskGroupLike, current_call, current_context, open_task_group
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from miniagents._agents import AgentCall
 
 T = TypeVar("T")
+_set_slot = object.__setattr__
 PersistHandler = Callable[[Message], "Awaitable[None] | None"]
+BatchPersistHandler = Callable[[list[Message]], "Awaitable[None] | None"]
 CallHandler = Callable[[CallRecord], "Awaitable[None] | None"]
 
 
@@ -53,6 +55,12 @@ class Store(Protocol):
     ``on_persist_message(message)`` is required, ``on_call_finished(record)`` is optional; either may be
     ``async``.  A store that is also an async context manager is entered when the context is entered and
     exited after every queued message and record was handed to it.
+
+    Optional batch form: a store that also has ``on_persist_messages(messages)`` gets that method called
+    instead of ``on_persist_message``, with a ``list`` of every message queued since its last call (same
+    order, same exactly-once rule, nested messages before their holders; a call's messages still come before
+    its ``on_call_finished`` record).  One call per batch instead of one per message is what keeps a store
+    cheap on the agents' event loop.  The runtime does not use the list after the call (the store may keep it).
     """
 
     def on_persist_message(self, message: Message) -> Awaitable[None] | None:
@@ -148,10 +156,15 @@ class MiniAgents:
     ) -> None:
         self._handlers: list[PersistHandler] = _handler_list(on_persist_message, "on_persist_message")
         self._call_handlers: list[CallHandler] = _handler_list(on_call_finished, "on_call_finished")
+        self._batch_handlers: list[BatchPersistHandler] = []
         if store is not None:
             if not callable(getattr(store, "on_persist_message", None)):
                 raise TypeError(f"store= needs an object with an on_persist_message method, got {store!r}")
-            self._handlers.append(store.on_persist_message)
+            on_batch = getattr(store, "on_persist_messages", None)
+            if callable(on_batch):
+                self._batch_handlers.append(on_batch)
+            else:
+                self._handlers.append(store.on_persist_message)
             on_call = getattr(store, "on_call_finished", None)
             if callable(on_call):
                 self._call_handlers.append(on_call)
@@ -177,6 +190,9 @@ class MiniAgents:
         self._seen: set[str] = set()
         self._activation = 0
         self._persist_queue: deque[Message | CallRecord] = deque()
+        # Taken from the queue by the worker and not handed over yet (see _persistence_loop).
+        self._persist_batch: list[Message | CallRecord] = []
+        self._persist_pos = 0
         self._persist_event: anyio.Event | None = None
         self._persist_closing = False
         self._persisted = 0
@@ -209,7 +225,7 @@ class MiniAgents:
     @property
     def persists(self) -> bool:
         """Whether any persistence handler is registered."""
-        return bool(self._handlers)
+        return bool(self._handlers or self._batch_handlers)
 
     @property
     def records_calls(self) -> bool:
@@ -239,7 +255,7 @@ class MiniAgents:
             active=self._active,
             open_inputs=len(self._open_calls),
             persisted_messages=self._persisted,
-            pending_persistence=len(self._persist_queue),
+            pending_persistence=len(self._persist_queue) + len(self._persist_batch) - self._persist_pos,
             unobserved_errors=len(self.ledger.unobserved()),
         )
 
@@ -264,16 +280,24 @@ class MiniAgents:
     # -- persistence ----------------------------------------------------------------------------------------
     def persist(self, message: Message) -> None:
         """Queue *message* (and, first, the messages nested in it) for the handlers, once per hash key."""
-        if not self._handlers or message._persisted_in == self._activation:
+        # Called for every message appended to every sequence: the common cases return first.
+        activation = self._activation
+        if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
-        object.__setattr__(message, "_persisted_in", self._activation)
+        _set_slot(message, "_persisted_in", activation)
         key = message.hash_key
-        if key in self._seen:
+        seen = self._seen
+        if key in seen:
             return
-        self._seen.add(key)
-        for sub in message.sub_messages():
-            self.persist(sub)
-        self._enqueue(message)
+        seen.add(key)
+        if message._extra or _CONTENT_ONLY_PREFIX[type(message)] is None:  # it may hold messages
+            for sub in message.sub_messages():
+                self.persist(sub)
+        self._persist_queue.append(message)
+        event = self._persist_event
+        if event is not None:
+            self._persist_event = None
+            event.set()
 
     def record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""
@@ -299,26 +323,67 @@ class MiniAgents:
             raise
 
     async def _persistence_loop(self) -> None:
+        """Hand queued items to the handlers until the context closes.
+
+        The worker takes the whole queue at once into ``_persist_batch`` and walks it: each run of messages
+        goes to every batch handler in one call and to the per-message handlers one message at a time; each
+        call record goes to the ``on_call_finished`` handlers after the messages queued before it.
+        ``_persist_pos`` is advanced before each handover, so the grace loop that runs after a cancellation
+        resumes where the interrupted one stopped (an item is never handed to the same handlers twice).
+        """
         queue = self._persist_queue
         while True:
-            while queue:
-                item = queue.popleft()
-                if isinstance(item, CallRecord):
-                    handlers: list[Any] = self._call_handlers
-                else:
-                    handlers = self._handlers
-                    self._persisted += 1
-                for handler in handlers:
-                    try:
-                        result = handler(item)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception as exc:
-                        self.ledger.record_error(_with_handler_note(exc, handler, item))
+            while self._persist_pos < len(self._persist_batch) or queue:
+                if self._persist_pos >= len(self._persist_batch):
+                    self._persist_batch = list(queue)
+                    self._persist_pos = 0
+                    queue.clear()
+                await self._hand_over(self._persist_batch)
+                self._persist_batch = []
+                self._persist_pos = 0
             if self._persist_closing:
                 return
             event = self._persist_event = anyio.Event()
             await event.wait()
+
+    async def _hand_over(self, items: list[Message | CallRecord]) -> None:
+        end = len(items)
+        while self._persist_pos < end:
+            start = self._persist_pos
+            item = items[start]
+            if isinstance(item, CallRecord):
+                self._persist_pos = start + 1
+                for call_handler in self._call_handlers:
+                    await self._call_handler(call_handler, item)
+                continue
+            stop = start + 1
+            while stop < end and not isinstance(items[stop], CallRecord):
+                stop += 1
+            messages = cast("list[Message]", items[start:stop] if start or stop < end else items)
+            self._persisted += stop - start
+            handlers = self._handlers
+            if handlers:
+                for position in range(start, stop):
+                    self._persist_pos = position + 1
+                    message = cast(Message, items[position])
+                    for handler in handlers:  # inlined _call_handler: one await less per message
+                        try:
+                            result = handler(message)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                        except Exception as exc:
+                            self.ledger.record_error(_with_handler_note(exc, handler, message))
+            self._persist_pos = stop
+            for batch_handler in self._batch_handlers:
+                await self._call_handler(batch_handler, messages)
+
+    async def _call_handler(self, handler: Callable[[Any], Any], item: CallRecord | list[Message]) -> None:
+        try:
+            result = handler(item)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self.ledger.record_error(_with_handler_note(exc, handler, item))
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def __aenter__(self) -> MiniAgents:
@@ -443,9 +508,13 @@ class MiniAgents:
         return anyio.run(runner, backend=backend, backend_options=backend_options)
 
 
-def _with_handler_note(error: Exception, handler: Any, item: Message | CallRecord) -> Exception:
+def _with_handler_note(
+    error: Exception, handler: Any, item: Message | CallRecord | list[Message]
+) -> Exception:
     name = getattr(handler, "__qualname__", repr(handler))
-    if isinstance(item, CallRecord):
+    if isinstance(item, list):
+        what = f"on_persist_messages handler {name} for a batch of {len(item)} messages"
+    elif isinstance(item, CallRecord):
         what = f"on_call_finished handler {name} for call #{item.call_id} of {item.agent_alias!r}"
     else:
         what = f"on_persist_message handler {name} for message {item.hash_key[:12]}"

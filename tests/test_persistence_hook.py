@@ -5,7 +5,15 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from miniagents import InteractionContext, Message, MessagePromise, MiniAgents, TextMessage, miniagent
+from miniagents import (
+    CallRecord,
+    InteractionContext,
+    Message,
+    MessagePromise,
+    MiniAgents,
+    TextMessage,
+    miniagent,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -175,6 +183,65 @@ async def test_a_store_object_gets_messages_and_calls_and_is_entered_and_exited(
     async with MiniAgents(store=store):
         await repeater.inquire("x")
     assert store.log == ["open", "x", "nested", "n2", "holder", "call", "close"]
+
+
+class BatchStore:
+    """Takes messages in batches (``on_persist_messages``); logs what it got, in order."""
+
+    def __init__(self, *, fail_on: str | None = None) -> None:
+        self.batches: list[list[Message]] = []
+        self.log: list[str] = []
+        self.fail_on = fail_on
+
+    def on_persist_message(self, message: Message) -> None:
+        raise AssertionError("a store with on_persist_messages gets batches only")
+
+    async def on_persist_messages(self, messages: list[Message]) -> None:
+        await anyio.sleep(0)
+        self.batches.append(list(messages))
+        self.log.extend(m.content for m in messages)
+        if self.fail_on is not None and any(m.content == self.fail_on for m in messages):
+            raise RuntimeError(f"cannot store {self.fail_on}")
+
+    def on_call_finished(self, record: CallRecord) -> None:
+        self.log.append(f"call {record.agent_alias}")
+
+
+@miniagent
+async def burst(ctx: InteractionContext, n: int) -> None:
+    for i in range(n):
+        ctx.reply(f"r{i}")
+    ctx.reply(Message(content="holder", inner=TextMessage(content="nested")))
+
+
+async def test_a_store_with_a_batch_method_gets_every_message_once_in_batches_before_the_call_record() -> (
+    None
+):
+    store = BatchStore()
+    one_by_one: list[str] = []
+    async with MiniAgents(store=store, on_persist_message=lambda m: one_by_one.append(m.content)):
+        await burst.inquire(["a", "b", "a"], n=50)
+        await burst.inquire("c", n=3)
+    expected = ["a", "b", *(f"r{i}" for i in range(50)), "nested", "holder"]
+    expected.append("c")  # its replies r0-r2 and the holder were persisted already
+    assert [content for content in store.log if not content.startswith("call")] == one_by_one == expected
+    assert store.log.index("holder") < store.log.index("call burst")  # a call's messages come first
+    assert store.log.count("call burst") == 2 and store.log[-1] == "call burst"
+    assert max(len(batch) for batch in store.batches) > 1  # handed over in batches, not one by one
+
+
+async def test_a_failing_batch_method_is_raised_when_the_block_exits_and_later_batches_still_come() -> None:
+    store = BatchStore(fail_on="r1")
+
+    async def run() -> None:
+        async with MiniAgents(store=store):
+            await burst.inquire("a", n=3)
+            await burst.inquire("later", n=0)
+
+    with pytest.raises(RuntimeError, match="cannot store r1") as info:
+        await run()
+    assert any("on_persist_messages handler" in note and "batch of" in note for note in info.value.__notes__)
+    assert "later" in store.log  # the worker keeps going after a failed batch
 
 
 def test_a_store_without_the_handler_method_is_rejected() -> None:

@@ -39,7 +39,8 @@ class StoreStatistics:
 class SQLiteStore:
     """Persist every message and the interaction graph of a run in one SQLite file.
 
-    Use it as ``MiniAgents(store=SQLiteStore("run.db"))``, or pass ``store.on_persist_message`` (and
+    Use it as ``MiniAgents(store=SQLiteStore("run.db"))`` (the runtime then hands messages over in batches,
+    through :meth:`on_persist_messages`), or pass ``store.on_persist_message`` (and
     ``store.on_call_finished``) as handlers and close the store yourself (``await store.aclose()``, or
     ``async with store:`` around the block).
 
@@ -122,6 +123,23 @@ class SQLiteStore:
         queue.append(message)
         size = len(queue)
         if size == 1 or size % writer.batch_size == 0:
+            writer.wake()
+        if writer.errors or writer.open_error is not None:
+            self._raise_new_errors(writer)
+
+    def on_persist_messages(self, messages: list[Message]) -> None:
+        """Queue *messages* for storage in one step (the batch form ``MiniAgents(store=...)`` uses).
+
+        Raises an earlier write error (once) after queueing.
+        """
+        writer = self._writer
+        if writer is None or writer.finished:
+            writer = self._start()
+        queue = writer.queue
+        before = len(queue)
+        queue.extend(messages)
+        batch_size = writer.batch_size
+        if before == 0 or (before + len(messages)) // batch_size != before // batch_size:
             writer.wake()
         if writer.errors or writer.open_error is not None:
             self._raise_new_errors(writer)
