@@ -184,6 +184,8 @@ class ProviderLimits:
         self.limited = limited
         self.accepted = 0
         self.rejected = 0
+        #: Rejections by reason: ``"rate"`` and ``"concurrency"``.
+        self.rejections = {"rate": 0, "concurrency": 0}
         self.max_seen_concurrent = 0
         self.max_seen_in_window = 0
         self._arrivals: dict[str, deque[float]] = {}
@@ -204,8 +206,10 @@ class ProviderLimits:
         wait: float | None = None
         if self.requests_per_minute is not None and len(arrivals) >= self.requests_per_minute:
             wait = arrivals[len(arrivals) - self.requests_per_minute] + self.window - now
+            self.rejections["rate"] += 1
         elif self.max_concurrent is not None and len(active) >= self.max_concurrent:
             wait = 0.001 * self.time_scale
+            self.rejections["concurrency"] += 1
         if wait is not None:
             self.rejected += 1
             return openai_error(
