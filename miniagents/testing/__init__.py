@@ -8,6 +8,9 @@ reference model of what every consumer must see.  Both need ``hypothesis`` (``pi
 ``FakeLLMServer`` is a protocol-faithful OpenAI / Anthropic streaming server on 127.0.0.1 (real sockets) that
 replays scripted responses (``openai_stream``, ``anthropic_stream``, errors, pauses, truncation) and records the
 requests it got, for testing LLM agent graphs offline on trio or asyncio.
+
+``Cassette`` records the LLM exchanges of a block (or of a test marked ``@pytest.mark.llm_cassette``, see
+``miniagents.testing.pytest_plugin``) to a JSON-lines file once and replays them offline through the fake server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from miniagents.testing._cassette import CASSETTE_MODE_ENV, Cassette, CassetteMode, CassetteStatistics
+    from miniagents.testing._cassette_format import (
+        CassetteError,
+        CassetteFormatError,
+        CassetteMismatchError,
+    )
     from miniagents.testing._graphs import (
         Expected,
         GraphNodeError,
@@ -47,6 +56,13 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "Cassette": "_cassette",
+    "CassetteMode": "_cassette",
+    "CassetteStatistics": "_cassette",
+    "CASSETTE_MODE_ENV": "_cassette",
+    "CassetteError": "_cassette_format",
+    "CassetteFormatError": "_cassette_format",
+    "CassetteMismatchError": "_cassette_format",
     "message_types": "_strategies",
     "MessageSpec": "_strategies",
     "flatten_specs": "_strategies",
@@ -77,6 +93,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "CASSETTE_MODE_ENV",
+    "Cassette",
+    "CassetteError",
+    "CassetteFormatError",
+    "CassetteMismatchError",
+    "CassetteMode",
+    "CassetteStatistics",
     "Expected",
     "FakeLLMServer",
     "Gate",
