@@ -15,10 +15,17 @@ from miniagents._frozen import FrozenDict
 from miniagents._messages import Message
 from miniagents._records import CallOutcome
 from miniagents.persistence._codec import decode_kwargs, decode_row, unpack_ids
-from miniagents.persistence._schema import SCHEMA_VERSION, SchemaVersionError, schema_version
+from miniagents.persistence._schema import SCHEMA_VERSION, SchemaVersionError, key_prefix, schema_version
 
 Direction = Literal["input", "reply"]
 _CHUNK = 500
+# A message by its key, parameters (key_prefix, hash_key): through the integer key index (version 3; a
+# message whose prefix another one holds has key_prefix NULL), or the unique text index of older files.
+_BY_KEY = (
+    "SELECT class, content, fields, nested FROM messages WHERE key_prefix = ?1 AND hash_key = ?2"
+    " UNION ALL SELECT class, content, fields, nested FROM messages WHERE key_prefix IS NULL AND hash_key = ?2"
+)
+_BY_KEY_BEFORE_V3 = "SELECT class, content, fields, nested FROM messages WHERE hash_key = ?2"
 _CALL_COLUMNS = "id, run_id, call_id, parent_call_id, agent_alias, kwargs, started_at, finished_at, outcome, error_type, error"
 
 
@@ -94,6 +101,7 @@ class StoreReader:
         if version == 0:
             self._db.close()
             raise ValueError(f"{self.path!r} is not a miniagents store (schema version 0)")
+        self._by_key = _BY_KEY if version >= 3 else _BY_KEY_BEFORE_V3  # files are migrated by writers only
 
     def close(self) -> None:
         """Close the connection."""
@@ -125,7 +133,7 @@ class StoreReader:
     def get_dict(self, hash_key: str) -> dict[str, Any] | None:
         """The ``to_dict()`` form of the message stored under *hash_key* (no class import needed), or ``None``."""
         with self._snapshot() as db:
-            return _load_dict(db, hash_key)
+            return _load_dict(db, self._by_key, hash_key)
 
     def hash_keys(self) -> set[str]:
         """The hash key of every stored message."""
@@ -249,7 +257,9 @@ class StoreReader:
                 entry = decoded.get(message_id)
                 if entry is None:
                     key, cls, content, fields, nested = rows[message_id]
-                    data = decode_row(cls, content, fields, nested, lambda k: _require_dict(db, k))
+                    data = decode_row(
+                        cls, content, fields, nested, lambda k: _require_dict(db, self._by_key, k)
+                    )
                     entry = decoded[message_id] = (key, Message.from_dict(data))
                 result.append(entry)
         return result
@@ -311,17 +321,19 @@ def _rows_by_id(
     return rows
 
 
-def _load_dict(db: sqlite3.Connection, hash_key: str) -> dict[str, Any] | None:
-    row = db.execute(
-        "SELECT class, content, fields, nested FROM messages WHERE hash_key = ?", (hash_key,)
-    ).fetchone()
+def _load_dict(db: sqlite3.Connection, by_key: str, hash_key: str) -> dict[str, Any] | None:
+    try:
+        prefix = key_prefix(hash_key)
+    except ValueError:  # not a hash key: nothing is stored under it
+        return None
+    row = db.execute(by_key, (prefix, hash_key)).fetchone()
     if row is None:
         return None
-    return decode_row(row[0], row[1], row[2], row[3], lambda k: _require_dict(db, k))
+    return decode_row(row[0], row[1], row[2], row[3], lambda k: _require_dict(db, by_key, k))
 
 
-def _require_dict(db: sqlite3.Connection, hash_key: str) -> dict[str, Any]:
-    data = _load_dict(db, hash_key)
+def _require_dict(db: sqlite3.Connection, by_key: str, hash_key: str) -> dict[str, Any]:
+    data = _load_dict(db, by_key, hash_key)
     if data is None:
         raise LookupError(f"the store references message {hash_key[:12]}, which it does not hold")
     return data

@@ -22,10 +22,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from miniagents._frozen import EMPTY
 from miniagents._messages import Message
 from miniagents._records import CallRecord
 from miniagents.persistence._codec import encode_kwargs, encode_message, is_simple, pack_ids
-from miniagents.persistence._schema import migrate
+from miniagents.persistence._schema import key_prefix, migrate
 
 Item = Message | CallRecord
 CommitHook = Callable[[Sequence[str]], None]
@@ -35,7 +36,12 @@ _SELECT_CHUNK = 500
 # The cached key (set by the runtime, which computes every key before handing a message over); ``None`` when
 # it was not computed, which fails the id lookup and takes the slow path through the ``hash_key`` property.
 _cached_key = operator.attrgetter("_hash_key_cache")
-_INSERT_ROW = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ROW = (
+    "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, fields, nested, stored_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Content-only messages: fields and nested take their defaults (fewer values to bind per row).
+_INSERT_SIMPLE_ROW = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, stored_at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 class _SimpleClasses(dict[type, "str | None"]):
@@ -69,7 +75,7 @@ def connect(path: str, *, timeout: float, durable: bool) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"could not switch {path!r} to WAL mode (got {mode!r})")
         db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         db.execute("PRAGMA foreign_keys=OFF")
-        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hash_key index stays in memory
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the key index stays in memory
         db.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint (and fsync) every ~40 MB of WAL, not 4 MB
         migrate(db)
     except BaseException:
@@ -254,7 +260,8 @@ class Writer:
         try:
             next_id: int = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
             new: dict[str, int] = {}
-            rows: list[tuple[Any, ...]] = []
+            rows: list[tuple[Any, ...]] = []  # full rows (_INSERT_ROW)
+            simple_rows: list[tuple[Any, ...]] = []  # content-only rows (_INSERT_SIMPLE_ROW)
             refs: list[tuple[int, int, int]] = []
 
             def ensure(message: Message) -> int:
@@ -270,34 +277,42 @@ class Writer:
                 message_id = next_id
                 next_id += 1
                 new[key] = message_id
-                rows.append((message_id, key, cls, content, fields, len(children), now))
+                rows.append((message_id, key_prefix(key), key, cls, content, fields, len(children), now))
                 if children:
                     refs.extend((message_id, position, child) for position, child in enumerate(children))
                 return message_id
 
             calls: list[tuple[CallRecord, list[int], list[int]]] = []
             simple = _SIMPLE_CLASS
+            prefix_of = key_prefix
             for item in batch:
                 if isinstance(item, Message):
                     key = _cached_key(item) or item.hash_key
                     if key in ids or key in new:
                         continue
                     cls = simple[type(item)]
-                    if cls is not None and not item.extra_fields:  # content only: no encoding at all
+                    extra = item._extra
+                    if cls is not None and (extra is EMPTY or not extra):  # content only: no encoding at all
                         new[key] = next_id
-                        rows.append((next_id, key, cls, item.content, None, 0, now))
+                        simple_rows.append((next_id, prefix_of(key), key, cls, item.content, now))
                         next_id += 1
                     else:
                         ensure(item)
                 else:
                     inputs = self._ids_of(item.input_messages, ensure)
                     calls.append((item, inputs, self._ids_of(item.reply_messages, ensure)))
-            if rows:
+            if rows or simple_rows:
                 before = db.total_changes
-                db.executemany(_INSERT_ROW, rows)
+                if simple_rows:
+                    db.executemany(_INSERT_SIMPLE_ROW, simple_rows)
+                if rows:
+                    db.executemany(_INSERT_ROW, rows)
                 inserted = db.total_changes - before
-                if inserted != len(rows):  # some were stored already (an earlier run, another process)
-                    remap = self._existing(db, new)
+                if inserted != len(rows) + len(simple_rows):
+                    # Some were stored already (an earlier run, another process), or share a key prefix.
+                    remap, collided = self._existing(db, new)
+                    if collided:
+                        inserted += self._store_collided(db, collided, rows, simple_rows, new, remap)
                     if remap:
                         refs = [(remap.get(p, p), pos, remap.get(c, c)) for p, pos, c in refs]
                         calls = [
@@ -337,21 +352,63 @@ class Writer:
             return [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in messages]
 
     @staticmethod
-    def _existing(db: sqlite3.Connection, new: dict[str, int]) -> dict[int, int]:
-        """Point *new* at the ids the rows really have; return the provisional-to-real remapping."""
+    def _existing(db: sqlite3.Connection, new: dict[str, int]) -> tuple[dict[int, int], list[str]]:
+        """Point *new* at the ids the rows really have.
+
+        Returns the provisional-to-real id remapping and the keys that were not stored because another
+        message holds their key prefix.
+        """
         remap: dict[int, int] = {}
+        collided: list[str] = []
         keys = list(new)
         for start in range(0, len(keys), _SELECT_CHUNK):
-            chunk = keys[start : start + _SELECT_CHUNK]
+            chunk: dict[int, list[str]] = {}
+            for key in keys[start : start + _SELECT_CHUNK]:
+                chunk.setdefault(key_prefix(key), []).append(key)
             marks = ",".join("?" * len(chunk))
-            for real, key in db.execute(
-                f"SELECT id, hash_key FROM messages WHERE hash_key IN ({marks})", chunk
+            for real, prefix, stored_key in db.execute(
+                f"SELECT id, key_prefix, hash_key FROM messages WHERE key_prefix IN ({marks})", list(chunk)
             ):
-                provisional = new[key]
-                if provisional != real:
-                    remap[provisional] = real
-                    new[key] = real
-        return remap
+                for key in chunk[prefix]:
+                    if stored_key != key:
+                        collided.append(key)
+                        continue
+                    provisional = new[key]
+                    if provisional != real:
+                        remap[provisional] = real
+                        new[key] = real
+        return remap, collided
+
+    @staticmethod
+    def _store_collided(
+        db: sqlite3.Connection,
+        collided: list[str],
+        rows: list[tuple[Any, ...]],
+        simple_rows: list[tuple[Any, ...]],
+        new: dict[str, int],
+        remap: dict[int, int],
+    ) -> int:
+        """Store the messages whose key prefix another message holds, with ``key_prefix`` ``NULL``.
+
+        A message stored that way by an earlier batch is found (by its full key), not stored again.  Returns
+        how many rows were added.
+        """
+        by_key = {row[2]: row for row in rows}
+        by_key.update((row[2], (*row[:5], None, 0, row[5])) for row in simple_rows)
+        added = 0
+        for key in collided:
+            found = db.execute(
+                "SELECT id FROM messages WHERE key_prefix IS NULL AND hash_key = ?", (key,)
+            ).fetchone()
+            if found is not None:
+                if new[key] != found[0]:
+                    remap[new[key]] = found[0]
+                    new[key] = found[0]
+                continue
+            row = by_key[key]
+            db.execute(_INSERT_ROW, (row[0], None, *row[2:]))
+            added += 1
+        return added
 
     @staticmethod
     def _write_call(

@@ -100,7 +100,7 @@ async def test_schema_is_versioned_wal_and_migrated_from_an_older_version(tmp_pa
     async with SQLiteStore(path) as store, MiniAgents(store=store):
         await echo.inquire("x")
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "calls_by_alias" in indexes
