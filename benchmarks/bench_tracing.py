@@ -16,7 +16,8 @@ Columns (each one runs in its own subprocess, so imports do not leak between the
 
 Workloads: **W1** — N sequential calls (inquire an echo agent with one message, await its reply), reported per
 call; **W2** — N messages through a chain of 5 forwarding agents, reported per message.  The metric is the CPU
-time of the worker process (``time.process_time``) per unit, median of ``--reps`` repetitions after one warm-up.
+time of the worker process (``time.process_time``) per unit: each worker reports the median of ``--reps``
+repetitions after one warm-up, and ``--rounds`` workers per column run interleaved (median of their medians).
 
 Run::
 
@@ -146,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--w1", type=int, default=10_000, help="W1: number of sequential calls")
     parser.add_argument("--w2", type=int, default=20_000, help="W2: messages through 5 forwarders")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per worker process")
+    parser.add_argument("--rounds", type=int, default=3, help="worker processes per column (interleaved)")
     parser.add_argument("--backends", nargs="+", default=["trio", "asyncio"])
     parser.add_argument("--before-ref", default="5f2b80c", help="the commit before the observer hook")
     parser.add_argument("--before-dir", type=Path, default=Path("/tmp/miniagents-before-tracing"))
@@ -158,10 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(RESULT + json.dumps(_worker(mode, workload, int(size), int(reps), backend)))
         return 0
     if args.quick:
-        args.w1, args.w2, args.reps = 2_000, 5_000, 3
+        args.w1, args.w2, args.reps, args.rounds = 2_000, 5_000, 3, 1
     before = _ensure_before(args.before_ref, args.before_dir)
     print(
-        f"CPU µs per unit, median of {args.reps} reps (W1: {args.w1} calls, W2: {args.w2} messages x 5 agents)"
+        f"CPU µs per unit: median over {args.rounds} interleaved rounds of the median of {args.reps} reps "
+        f"(W1: {args.w1} calls, W2: {args.w2} messages x 5 agents)"
     )
     print(
         f"before = {args.before_ref} (no observer hook); off = tracing=False; auto = OTel imported, no provider;"
@@ -171,7 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header + f"{'off/before':>12}{'auto/before':>13}{'sdk/off':>9}")
     for workload, size in (("w1", args.w1), ("w2", args.w2)):
         for backend in args.backends:
-            costs = {mode: _run(mode, workload, size, args.reps, backend, before) for mode in MODES}
+            # Rounds interleave the columns, so that a burst of load on a shared machine hits them all alike.
+            samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for _ in range(args.rounds):
+                for mode in MODES:
+                    samples[mode].append(_run(mode, workload, size, args.reps, backend, before))
+            costs = {mode: statistics.median(values) for mode, values in samples.items()}
             row = f"{workload:<10}{backend:<9}" + "".join(f"{costs[m]:>10.2f}" for m in MODES)
             row += f"{costs['off'] / costs['before']:>12.3f}{costs['auto'] / costs['before']:>13.3f}"
             row += f"{costs['sdk'] / costs['off']:>9.2f}"
