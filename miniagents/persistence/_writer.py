@@ -14,6 +14,8 @@ Committed data survives a crash of the process (WAL with ``synchronous=NORMAL``)
 
 from __future__ import annotations
 
+import functools
+import itertools
 import operator
 import sqlite3
 import threading
@@ -36,12 +38,58 @@ _SELECT_CHUNK = 500
 # The cached key (set by the runtime, which computes every key before handing a message over); ``None`` when
 # it was not computed, which fails the id lookup and takes the slow path through the ``hash_key`` property.
 _cached_key = operator.attrgetter("_hash_key_cache")
-_INSERT_ROW = (
+_INSERT_HEAD = (
     "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, fields, nested, stored_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_ROW = _INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # Content-only messages: fields and nested take their defaults (fewer values to bind per row).
-_INSERT_SIMPLE_ROW = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, stored_at) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_SIMPLE_HEAD = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, stored_at)"
+#: Bound values per statement when SQLite cannot tell (its limit before 3.32, and on Python 3.10).
+_MIN_VARIABLES = 999
+#: Rows per multi-row INSERT at most (a power of two; larger statements gain nothing measurable).
+_MAX_ROWS_PER_INSERT = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([row] * rows)}"
+
+
+def insert_rows(
+    db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], max_variables: int
+) -> None:
+    """``INSERT`` *rows* (tuples of one width) with multi-row ``VALUES`` statements, not one step per row.
+
+    ``executemany`` runs one SQLite step per row and releases and re-takes the GIL around each: with the
+    event loop busy in the other thread, every re-take waits for it.  One statement of up to 4096 rows binds
+    all of them (with the GIL, as ``executemany`` does) and then inserts them in one step without it: about a
+    quarter less CPU, and the insert proper runs in parallel with the event loop.  Statement sizes are powers
+    of two, so a handful of prepared statements (cached by ``sqlite3``) serve every batch size.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    size = _MAX_ROWS_PER_INSERT
+    while size * width > max_variables:
+        size >>= 1
+    start, count = 0, len(rows)
+    while start < count:
+        while size > count - start:
+            size >>= 1
+        db.execute(
+            _values_sql(head, width, size), list(itertools.chain.from_iterable(rows[start : start + size]))
+        )
+        start += size
+
+
+def max_variables(db: sqlite3.Connection) -> int:
+    """How many values one statement may bind on *db*."""
+    getlimit = getattr(db, "getlimit", None)  # Python 3.11+
+    category = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+    if getlimit is None or category is None:  # pragma: no cover - Python 3.10
+        return _MIN_VARIABLES
+    return int(getlimit(category))
 
 
 class _SimpleClasses(dict[type, "str | None"]):
@@ -116,6 +164,7 @@ class Writer:
         self._urgent = False
         self._ids: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
+        self._max_variables = _MIN_VARIABLES
         self._thread = threading.Thread(
             target=self._run, name=f"miniagents-sqlite-writer {path}", daemon=True
         )
@@ -161,6 +210,7 @@ class Writer:
     def _run(self) -> None:
         try:
             self._db = connect(self.path, timeout=self.timeout, durable=self.durable)
+            self._max_variables = max_variables(self._db)
         except BaseException as exc:  # reported by the store
             self.open_error = exc
             self.finished = True
@@ -260,8 +310,8 @@ class Writer:
         try:
             next_id: int = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
             new: dict[str, int] = {}
-            rows: list[tuple[Any, ...]] = []  # full rows (_INSERT_ROW)
-            simple_rows: list[tuple[Any, ...]] = []  # content-only rows (_INSERT_SIMPLE_ROW)
+            rows: list[tuple[Any, ...]] = []  # full rows (_INSERT_HEAD)
+            simple_rows: list[tuple[Any, ...]] = []  # content-only rows (_INSERT_SIMPLE_HEAD)
             refs: list[tuple[int, int, int]] = []
 
             def ensure(message: Message) -> int:
@@ -303,10 +353,8 @@ class Writer:
                     calls.append((item, inputs, self._ids_of(item.reply_messages, ensure)))
             if rows or simple_rows:
                 before = db.total_changes
-                if simple_rows:
-                    db.executemany(_INSERT_SIMPLE_ROW, simple_rows)
-                if rows:
-                    db.executemany(_INSERT_ROW, rows)
+                insert_rows(db, _INSERT_SIMPLE_HEAD, simple_rows, self._max_variables)
+                insert_rows(db, _INSERT_HEAD, rows, self._max_variables)
                 inserted = db.total_changes - before
                 if inserted != len(rows) + len(simple_rows):
                     # Some were stored already (an earlier run, another process), or share a key prefix.

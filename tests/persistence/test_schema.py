@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miniagents import InteractionContext, Message, MiniAgents, TextMessage, miniagent
 from miniagents.persistence import SCHEMA_VERSION, SQLiteStore, StoreReader, _reader, _writer
@@ -105,3 +108,17 @@ async def test_messages_whose_key_prefix_is_taken_are_stored_once_and_found(
         (call,) = [c for c in reader.calls() if c.run_id == reader.runs()[0].run_id]
         assert reader.replies(call) == list(replies)
         assert reader.get("not a key") is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3 Connection.setlimit is Python 3.11+")
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(0, 9000), width=st.integers(1, 8), limit=st.sampled_from([8, 999, 32766]))
+def test_multi_row_inserts_store_every_row_within_the_variable_limit(
+    count: int, width: int, limit: int
+) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute(f"CREATE TABLE t ({', '.join(f'c{i}' for i in range(width))})")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)  # a statement over the limit fails
+    rows = [tuple(range(n * width, (n + 1) * width)) for n in range(count)]
+    _writer.insert_rows(db, "INSERT INTO t", rows, _writer.max_variables(db))
+    assert db.execute("SELECT * FROM t ORDER BY rowid").fetchall() == rows
