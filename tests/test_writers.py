@@ -28,11 +28,15 @@ async def test_a_sequence_left_open_fails_after_its_messages_instead_of_hanging_
         # ...which is never finished
 
     seen: list[str] = []
+
+    async def consume() -> None:
+        async for message in forgets_to_finish.inquire():
+            seen.append(str(message))
+
     with anyio.fail_after(5):
         async with MiniAgents():
             with pytest.raises(AgentCallCancelledError, match="returned without finishing a sequence"):
-                async for message in forgets_to_finish.inquire():
-                    seen.append(str(message))
+                await consume()
     assert seen == ["one", "two"]
 
 
