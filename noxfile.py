@@ -66,15 +66,30 @@ def demo(session: nox.Session) -> None:
 def examples(session: nox.Session) -> None:
     """Run every example non-interactively against the local model and check what each produces."""
     session.install("-e", ".[test,examples]")
-    session.run("pytest", "tests/test_examples.py", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest",
+        "tests/test_examples.py",
+        "tests/test_example_rate_limits.py",
+        "tests/test_example_tracing.py",
+        "tests/test_example_cassettes.py",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks vs upstream miniagents 0.0.35, a raw-anyio floor and the openai client (~9 min; `-- --quick`).
+    """All benchmarks (`-- --quick` for a smoke run of each).
 
-    Not part of the test command. Rewrites docs/benchmarks.md and its chart after a full run.
+    W1-W6 vs upstream miniagents 0.0.35, a raw-anyio floor and the openai client (`run.py`, ~9 min; rewrites
+    docs/benchmarks.md and its chart after a full run), then persistence (store on/off), rate limits
+    (acquire cost, limited throughput) and tracing (off / unconfigured / SDK vs the runtime before the hook).
+    Not part of the test command.
     """
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench,test]")
+    quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_persistence.py")
+    session.run("python", "benchmarks/bench_limits.py", *(["--calls", "2000"] if quick else []))
+    session.run("python", "benchmarks/bench_tracing.py", *quick)
