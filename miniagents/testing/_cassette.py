@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +44,7 @@ from miniagents.testing._cassette_format import (
 )
 from miniagents.testing.fake_llm_server import (
     FakeLLMServer,
+    Hang,
     Pause,
     Raw,
     RecordedRequest,
@@ -62,9 +63,12 @@ CASSETTE_MODE_ENV = "MINIAGENTS_CASSETTE_MODE"
 ENTRY_HEADER = "x-miniagents-cassette-entry"
 DEFAULT_ROUTES = ("/chat/completions", "/messages")
 
-_original_handle = httpx.AsyncHTTPTransport.handle_async_request
+_Handle = Callable[[httpx.AsyncHTTPTransport, httpx.Request], Awaitable[httpx.Response]]
 _active: list[Cassette] = []
 _active_lock = threading.Lock()
+#: The transport's method as it was when the first cassette became active (instrumentation installed after this
+#: module was imported, e.g. OpenTelemetry's, included): every request that is sent for real goes through it.
+_original_handle: _Handle = httpx.AsyncHTTPTransport.handle_async_request
 
 
 async def _intercepting_handle(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
@@ -110,10 +114,10 @@ class _Recording:
     latency: float = 0.0
     chunks: list[bytes] = attrs.field(factory=list)
     delays: list[float] = attrs.field(factory=list)
-    end: Literal["complete", "abort"] | None = None
+    end: Literal["complete", "abort", "cancelled"] | None = None
 
     def exchange(self, timing: bool, exact_chunks: bool) -> Exchange | None:
-        if self.status is None or self.end is None:
+        if self.end is None or (self.status is None and self.end != "cancelled"):
             return None
         chunks = [redact_bytes(chunk, self.secrets) for chunk in self.chunks]
         joined = b"".join(chunks)
@@ -158,8 +162,8 @@ class _TeeStream(httpx.AsyncByteStream):
         recording.end = "complete"
 
     async def aclose(self) -> None:
-        if self._recording.end is None:  # the client stopped reading before the end
-            self._recording.end = "abort"
+        if self._recording.end is None:  # the client stopped reading before the end (e.g. it was cancelled)
+            self._recording.end = "cancelled"
         await self._inner.aclose()
 
 
@@ -237,7 +241,6 @@ class Cassette:
         self._problems: list[str] = []
         self._stack: ExitStack | None = None
         self._async_server: AbstractAsyncContextManager[FakeLLMServer] | None = None
-        self._transport: httpx.AsyncHTTPTransport | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __enter__(self) -> Cassette:
@@ -317,14 +320,16 @@ class Cassette:
     def _start_serving(self, server: FakeLLMServer) -> None:
         server.handler = self._serve
         self.server = server
-        # No keep-alive: the replay connections never outlive a request, so a cassette may span event loops.
-        self._transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
 
     def _activate(self) -> None:
+        global _original_handle
         if self.active_mode == "off":
             return
         with _active_lock:
             if not _active:
+                current = httpx.AsyncHTTPTransport.handle_async_request
+                if current is not _intercepting_handle:  # (it is ours when a wrapper of it was removed)
+                    _original_handle = current
                 httpx.AsyncHTTPTransport.handle_async_request = _intercepting_handle  # type: ignore[method-assign]
             _active.append(self)
 
@@ -332,10 +337,10 @@ class Cassette:
         with _active_lock:
             if self in _active:
                 _active.remove(self)
-            if not _active:
-                httpx.AsyncHTTPTransport.handle_async_request = _original_handle  # type: ignore[method-assign]
+            # Restore only our own patch: a wrapper installed on top of it since stays (and passes requests on).
+            if not _active and httpx.AsyncHTTPTransport.handle_async_request is _intercepting_handle:
+                httpx.AsyncHTTPTransport.handle_async_request = _original_handle  # type: ignore[method-assign,assignment]
         self.server = None
-        self._transport = None
 
     def _finish(self, exc: BaseException | None, *, save: bool = True) -> None:
         """Raise the mismatches (as a note of *exc* when the block failed); save a recording of a good block."""
@@ -384,7 +389,7 @@ class Cassette:
                 mode=self.active_mode or self.mode,
                 loaded=len(self._loaded),
                 replayed=self._replayed,
-                recorded=sum(1 for r in self._recordings if r.status is not None),
+                recorded=sum(1 for r in self._recordings if r.status is not None or r.end == "cancelled"),
                 unmatched=len(self._problems),
                 unused=sum(len(queue) for queue in self._queues.values()),
             )
@@ -442,9 +447,13 @@ class Cassette:
         return await self._record(transport, request, key, secrets)
 
     async def _forward(self, request: httpx.Request, body: bytes, reference: str) -> httpx.Response:
-        server, transport = self.server, self._transport
-        if server is None or transport is None:
+        server = self.server
+        if server is None:
             raise CassetteError(f"cassette {self.path} is not active")
+        # A transport of its own per request (plain HTTP, no keep-alive, nothing to close): its connection pool
+        # is bound to the event loop and library of its first use, and a cassette may span several event loops
+        # (``with Cassette(...)`` around ``trio.run`` then ``asyncio.run``, or threads).
+        transport = httpx.AsyncHTTPTransport(verify=False, limits=httpx.Limits(max_keepalive_connections=0))
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
         replay_request = httpx.Request(
             request.method,
@@ -466,7 +475,12 @@ class Cassette:
         recording = _Recording(key=key, secrets=secrets, started=time.monotonic())
         with self._lock:
             self._recordings.append(recording)  # in the order the requests are sent
-        response = await _original_handle(transport, request)
+        try:
+            response = await _original_handle(transport, request)
+        except BaseException as error:
+            if not isinstance(error, Exception):  # cancelled before the response head: replayed as no answer
+                recording.end = "cancelled"
+            raise  # an error (connection, timeout ...) is not recorded: the client's retry, if any, is
         recording.latency = time.monotonic() - recording.started
         recording.status = response.status_code
         recording.headers = tuple(
@@ -510,17 +524,21 @@ class Cassette:
 
     def _scripted(self, exchange: Exchange) -> ScriptedResponse:
         original = self.timing == "original"
-        steps: list[Pause | Raw] = []
+        if exchange.status is None:  # the client gave up before the head: it gets none now either
+            return ScriptedResponse(status=200, body=[], end="abort", before_headers=Hang())
+        steps: list[Pause | Raw | Hang] = []
         for n, chunk in enumerate(exchange.chunks):
             if original and exchange.delays is not None and exchange.delays[n] > 0:
                 steps.append(Pause(exchange.delays[n]))
             steps.append(Raw(chunk))
+        if exchange.end == "cancelled":
+            steps.append(Hang())  # the client stopped reading here: send no more until it goes away
         latency = exchange.latency if original else None
         return ScriptedResponse(
             status=exchange.status,
             headers=exchange.headers,
             body=steps,
-            end=exchange.end,
+            end="abort" if exchange.end == "cancelled" else exchange.end,
             before_headers=Pause(latency) if latency else None,
         )
 

@@ -11,6 +11,9 @@ A cassette is a UTF-8 text file of JSON lines.  Line 1 is the header ``{"format"
 chunk per SSE event by default, or the chunks the network delivered (``Cassette(exact_chunks=True)``).  A chunk
 that is valid UTF-8 is stored as a string, any other as ``{"base64": "..."}``.  With timing recorded,
 ``response.latency`` (seconds to the response head) and ``response.delays`` (seconds before each chunk) are added.
+``end`` is ``"complete"``, ``"abort"`` (the connection broke before the body's end) or ``"cancelled"`` (the client
+stopped waiting: after the chunks it had read, or, with ``"status": null``, before the response head; replay then
+sends no more and waits until the client goes away).
 Keys are sorted and nothing that changes from run to run (timing, network chunk boundaries) is written unless
 asked for, so re-recording the same exchanges gives the same file.
 
@@ -245,7 +248,7 @@ class RequestKey:
         return data
 
 
-End = Literal["complete", "abort"]
+End = Literal["complete", "abort", "cancelled"]
 
 
 @attrs.frozen
@@ -254,11 +257,11 @@ class Exchange:
 
     Attributes:
         request: the request key.
-        status: the HTTP status.
+        status: the HTTP status (``None``: the client gave up before the response head).
         headers: the kept response headers (sorted by name).
         chunks: the raw body chunks, boundaries as received.
-        end: ``"complete"``, or ``"abort"`` when the connection broke (or the client stopped reading) before the
-            body's end.
+        end: ``"complete"``; ``"abort"`` when the connection broke before the body's end; ``"cancelled"`` when the
+            client stopped waiting (after *chunks*), e.g. its agent call was cancelled.
         latency: seconds from sending the request to the response head (``None``: timing not recorded).
         delays: seconds before each chunk (``None``: timing not recorded).
         line: the cassette line it was read from (``None`` for a new recording).
@@ -266,7 +269,7 @@ class Exchange:
     """
 
     request: RequestKey
-    status: int
+    status: int | None
     headers: tuple[tuple[str, str], ...]
     chunks: tuple[bytes, ...]
     end: End = "complete"
@@ -385,8 +388,13 @@ def _exchange_from_json(path: Path, number: int, data: Any) -> Exchange:
     body_text = request.get("body_text")
     if body_text is not None and not isinstance(body_text, str):
         raise bad('"request.body_text" must be a string')
+    end = response.get("end", "complete")
+    if end not in ("complete", "abort", "cancelled"):
+        raise bad('"response.end" must be "complete", "abort" or "cancelled"')
     status = response.get("status")
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+    if status is None and end == "cancelled":
+        pass  # the client gave up before the response head
+    elif not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         raise bad('"response.status" must be an HTTP status code')
     headers = response.get("headers", {})
     if not isinstance(headers, dict) or not all(
@@ -397,9 +405,6 @@ def _exchange_from_json(path: Path, number: int, data: Any) -> Exchange:
     if not isinstance(raw_chunks, list):
         raise bad('"response.chunks" must be a list')
     chunks = tuple(_decode_chunk(chunk, n, bad) for n, chunk in enumerate(raw_chunks))
-    end = response.get("end", "complete")
-    if end not in ("complete", "abort"):
-        raise bad('"response.end" must be "complete" or "abort"')
     latency = response.get("latency")
     if latency is not None and not _is_seconds(latency):
         raise bad('"response.latency" must be a non-negative number')
