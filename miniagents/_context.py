@@ -192,7 +192,8 @@ class MiniAgents:
         self._persist_queue: deque[Message | CallRecord] = deque()
         # Taken from the queue by the worker and not handed over yet (see _persistence_loop).
         self._persist_batch: list[Message | CallRecord] = []
-        self._persist_pos = 0
+        self._persist_pos = 0  # the next item for the per-message and call handlers
+        self._persist_batched = 0  # the batch handlers have the messages before this index
         self._persist_event: anyio.Event | None = None
         self._persist_closing = False
         self._persisted = 0
@@ -328,19 +329,21 @@ class MiniAgents:
         The worker takes the whole queue at once into ``_persist_batch`` and walks it: each run of messages
         goes to every batch handler in one call and to the per-message handlers one message at a time; each
         call record goes to the ``on_call_finished`` handlers after the messages queued before it.
-        ``_persist_pos`` is advanced before each handover, so the grace loop that runs after a cancellation
-        resumes where the interrupted one stopped (an item is never handed to the same handlers twice).
+        Batch handlers get a run before the per-message handlers.  ``_persist_pos`` and ``_persist_batched``
+        are advanced before each handover, so the grace loop that runs after a cancellation resumes where the
+        interrupted one stopped: an item is never handed to the same handlers twice, and an async handler
+        that hangs on one message keeps no other message from the other handlers.
         """
         queue = self._persist_queue
         while True:
             while self._persist_pos < len(self._persist_batch) or queue:
                 if self._persist_pos >= len(self._persist_batch):
                     self._persist_batch = list(queue)
-                    self._persist_pos = 0
+                    self._persist_pos = self._persist_batched = 0
                     queue.clear()
                 await self._hand_over(self._persist_batch)
                 self._persist_batch = []
-                self._persist_pos = 0
+                self._persist_pos = self._persist_batched = 0
             if self._persist_closing:
                 return
             event = self._persist_event = anyio.Event()
@@ -359,8 +362,14 @@ class MiniAgents:
             stop = start + 1
             while stop < end and not isinstance(items[stop], CallRecord):
                 stop += 1
-            messages = cast("list[Message]", items[start:stop] if start or stop < end else items)
-            self._persisted += stop - start
+            batched = max(start, self._persist_batched)
+            if batched < stop:
+                self._persist_batched = stop
+                self._persisted += stop - batched
+                if self._batch_handlers:
+                    messages = cast("list[Message]", items[batched:stop] if batched or stop < end else items)
+                    for batch_handler in self._batch_handlers:
+                        await self._call_handler(batch_handler, messages)
             handlers = self._handlers
             if handlers:
                 for position in range(start, stop):
@@ -374,8 +383,6 @@ class MiniAgents:
                         except Exception as exc:
                             self.ledger.record_error(_with_handler_note(exc, handler, message))
             self._persist_pos = stop
-            for batch_handler in self._batch_handlers:
-                await self._call_handler(batch_handler, messages)
 
     async def _call_handler(self, handler: Callable[[Any], Any], item: CallRecord | list[Message]) -> None:
         try:

@@ -244,6 +244,31 @@ async def test_a_failing_batch_method_is_raised_when_the_block_exits_and_later_b
     assert "later" in store.log  # the worker keeps going after a failed batch
 
 
+async def test_a_handler_hanging_on_one_message_keeps_nothing_from_the_others_when_cancelled() -> None:
+    store = BatchStore()
+    seen: list[str] = []
+    never = anyio.Event()
+
+    async def hangs_on_r3(message: Message) -> None:
+        if message.content == "r3":
+            await never.wait()  # until the block's cancellation ends it
+        seen.append(message.content)
+
+    @miniagent
+    async def replies_then_hangs(ctx: InteractionContext) -> None:
+        for i in range(6):
+            ctx.reply(f"r{i}")
+        await anyio.sleep_forever()
+
+    with anyio.move_on_after(0.05):
+        async with MiniAgents(store=store, on_persist_message=hangs_on_r3):
+            await replies_then_hangs.inquire()
+    expected = [f"r{i}" for i in range(6)]
+    assert [c for c in store.log if not c.startswith("call")] == expected  # every message, once
+    assert seen == [c for c in expected if c != "r3"]  # the grace loop went on after the hung message, once
+    assert store.log[-1] == "call replies_then_hangs"
+
+
 def test_a_store_without_the_handler_method_is_rejected() -> None:
     with pytest.raises(TypeError, match="on_persist_message"):
         MiniAgents(store=object())  # type: ignore[arg-type]
