@@ -388,13 +388,16 @@ class RateLease:
         self._used = max(0, int(tokens))
 
     def settle(self, tokens: int) -> None:
-        """Replace the reservation by the request's real usage (may be called after the release too)."""
+        """Replace the reservation by the request's real usage, at once (while held or after the release).
+
+        A smaller usage frees the difference for the waiters immediately; a larger one is charged.
+        """
         if self.granted_at is None:
             raise RuntimeError("settle() needs a granted lease")
         tokens = max(0, int(tokens))
         self._settled = tokens
         entry = self._entry
-        if entry is not None and self._status == _RELEASED and self._key.set_amount(entry, tokens):
+        if entry is not None and self._key.set_amount(entry, tokens):
             self._limiter._dispatch(self._key)
 
 

@@ -4,7 +4,8 @@ Turn it on with ``MiniAgents(tracing=...)``:
 
 - ``None`` (the default): traced when ``opentelemetry`` is imported and a real tracer provider is configured
   globally (``trace.set_tracer_provider(...)``) when the context is entered; otherwise nothing is done at all.
-- ``False``: never traced.  ``True``: traced with the global tracer provider.
+- ``False``: never traced (not even inside a traced call of an outer context).  ``True``: traced with the
+  global tracer provider.
 - a ``TracerProvider``: traced with it (the global provider is not used).
 - :class:`TracingOptions`: a provider and whether prompts and completions are captured.
 

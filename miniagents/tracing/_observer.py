@@ -11,8 +11,9 @@ from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 
 import miniagents
+from miniagents._scope import current_context
 from miniagents.tracing._genai import OpenChatSpan
-from miniagents.tracing._state import active_tracing
+from miniagents.tracing._state import NO_SPAN, ChatSpan, active_tracing
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
@@ -111,6 +112,16 @@ class TracingObserver:
         url: str,
         headers: MutableMapping[str, str],
         conversation: Sequence[Message],
-    ) -> OpenChatSpan:
-        """Start the span of one model request (a child of the current span) and inject its context."""
+    ) -> ChatSpan:
+        """Start the span of one model request (a child of the current span) and inject its context.
+
+        :data:`NO_SPAN` when the current context is not traced by this observer: a ``MiniAgents`` context
+        entered inside a traced call inherits the call's context variables, not its tracing.
+        """
+        if not self._traces_current_context():
+            return NO_SPAN
         return OpenChatSpan(self.tracer, self.capture_content, provider, options, url, headers, conversation)
+
+    def _traces_current_context(self) -> bool:
+        context = current_context.get()
+        return context is not None and any(observer is self for observer in context.observers)
