@@ -850,6 +850,11 @@ DOC_EXTRA = """
 """
 
 
+#: Everything after this line of docs/benchmarks.md is written by hand (persistence, rate limits, tracing) and
+#: kept when the generated part above it is rewritten.
+HAND_WRITTEN_MARKER = "<!-- hand-written sections below: kept when benchmarks/run.py rewrites this file -->"
+
+
 def write_docs(table: str, quick: bool, extra: str) -> Path:
     DOCS.mkdir(parents=True, exist_ok=True)
     path = DOCS / "benchmarks.md"
@@ -860,6 +865,9 @@ def write_docs(table: str, quick: bool, extra: str) -> Path:
         quick_note=" by a `--quick` run (reduced sizes)" if quick else " by a full run",
         extra=extra,
     )
+    old = path.read_text() if path.exists() else ""
+    if HAND_WRITTEN_MARKER in old:
+        text = text.rstrip("\n") + "\n\n" + HAND_WRITTEN_MARKER + old.split(HAND_WRITTEN_MARKER, 1)[1]
     path.write_text(text)
     return path
 
