@@ -12,10 +12,12 @@ and retries run as they do against the provider.  A client built on a custom tra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
@@ -377,9 +379,24 @@ class Cassette:
             if sorted(old.split("\n")) == sorted(text.split("\n")):
                 return  # the same exchanges (in another order, e.g. of concurrent calls): keep the file as it is
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(self.path)
+        # A temporary file of its own in the same directory, then an atomic rename: two processes re-recording
+        # the same cassette at once each replace the file whole (the last one wins), never a half-written file.
+        # (Created like mkstemp, exclusively under a random name, but with the umask's permissions, not 0600.)
+        while True:
+            temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:  # pragma: no cover - 48 random bits
+                continue
+            break
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
+                file.write(text)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     # -- introspection -----------------------------------------------------------------------------------------
     def statistics(self) -> CassetteStatistics:

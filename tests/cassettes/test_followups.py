@@ -1,0 +1,87 @@
+"""Follow-ups of the record/replay review: saving through unique temporary files, xfail tests, edited bodies,
+and a concurrency property of replay."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from miniagents import MiniAgents
+from miniagents.llms import openai_agent
+from miniagents.testing import Cassette, FakeLLMServer, openai_stream
+from miniagents.testing._cassette_format import load_cassette
+
+pytestmark = pytest.mark.anyio
+pytest_plugins = ["pytester"]
+
+
+async def record_answers(path: Path, *answers: str) -> Cassette:
+    """Record one OpenAI call per answer to *path*; return the (finished) recording cassette."""
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(*(openai_stream([answer]) for answer in answers))
+        async with Cassette(path, mode="record") as cassette, MiniAgents():
+            for n, _ in enumerate(answers):
+                await openai_agent.inquire(f"q{n}", model="m", base_url=server.openai_base_url, api_key="k")
+    return cassette
+
+
+def names(directory: Path) -> list[str]:
+    """The sorted names in *directory*."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Saving goes through a temporary file of its own
+async def test_saving_does_not_use_a_fixed_temporary_name(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    # Another process's temporary file under the old fixed name: it is neither overwritten nor renamed away.
+    foreign = tmp_path / "c.jsonl.tmp"
+    foreign.write_text("another writer's half-written cassette", encoding="utf-8")
+    await record_answers(path, "one")
+    assert [e.body_bytes().count(b"one") for e in load_cassette(path)] == [1]
+    assert foreign.read_text(encoding="utf-8") == "another writer's half-written cassette"
+    assert names(tmp_path) == ["c.jsonl", "c.jsonl.tmp"]  # no temporary file left
+
+
+async def test_concurrent_saves_of_one_cassette_never_clash(tmp_path: Path) -> None:
+    """Writers saving different recordings to one path at once: no error, and the file is always one of them."""
+    shared = tmp_path / "shared.jsonl"
+    writers = []
+    for n in range(6):
+        cassette = await record_answers(
+            tmp_path / f"own-{n}.jsonl", *(f"answer {n}.{k}" for k in range(n + 1))
+        )
+        cassette.path = shared  # save the same recording again, to the shared file
+        writers.append(cassette)
+    texts = {(tmp_path / f"own-{n}.jsonl").read_text(encoding="utf-8") for n in range(6)}
+    assert len(texts) == 6
+    errors: list[BaseException] = []
+    for _ in range(20):
+        shared.unlink(missing_ok=True)
+        barrier = threading.Barrier(len(writers))
+
+        def save(cassette: Cassette, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            try:
+                cassette._save()
+            except BaseException as error:  # collected and asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=save, args=(cassette, barrier)) for cassette in writers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert shared.read_text(encoding="utf-8") in texts
+    assert not [name for name in names(tmp_path) if name.endswith(".tmp")]
+
+
+async def test_saved_cassette_has_the_umask_permissions_not_0600(tmp_path: Path) -> None:
+    path = tmp_path / "perm.jsonl"
+    await record_answers(path, "one")
+    plain = tmp_path / "plain"
+    plain.write_text("x", encoding="utf-8")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
