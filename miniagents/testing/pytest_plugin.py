@@ -12,7 +12,8 @@ through :class:`~miniagents.testing.FakeLLMServer` on ``127.0.0.1``.  ``--llm-ca
 ``MINIAGENTS_CASSETTE_MODE`` environment variable) overrides the mode of every cassette: ``record`` re-records,
 ``replay`` fails when a cassette is missing (for CI), ``record-missing`` records only new requests, ``off``
 disables cassettes.  Tests parametrized only by ``anyio_backend`` share one cassette.  A cassette is written only
-when its test passed.  Marker keywords are those of :class:`~miniagents.testing.Cassette`.
+when its test passed (not when it failed, was skipped or was marked ``xfail``).  Marker keywords are those of
+:class:`~miniagents.testing.Cassette`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from miniagents.testing._cassette import _MODES, CASSETTE_MODE_ENV, Cassette
 __all__ = ["llm_cassette"]
 
 _MARKER = "llm_cassette"
-_CALL_FAILED = pytest.StashKey[bool]()
+_CALL_PASSED = pytest.StashKey[bool]()
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -67,10 +68,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Remember whether the test body failed (a failed test does not write its cassette)."""
+    """Remember whether the test body really passed (only then is its cassette written).
+
+    A failed, skipped or expected-to-fail test (``xfail``: failing as expected, or passing unexpectedly) does not
+    pass for this purpose: what it recorded is not known to be a good exchange.
+    """
     report = yield
     if report.when == "call":
-        item.stash[_CALL_FAILED] = report.failed
+        item.stash[_CALL_PASSED] = report.passed and not hasattr(report, "wasxfail")
     return report
 
 
@@ -111,5 +116,5 @@ def llm_cassette(request: pytest.FixtureRequest) -> Iterator[Cassette]:
         yield cassette
     finally:
         cassette._close_sync()
-    # Mismatches fail the test (as a teardown error when the test failed already); a failed test saves nothing.
-    cassette._finish(None, save=not request.node.stash.get(_CALL_FAILED, True))
+    # Mismatches fail the test (as a teardown error when the test failed already); only a passed test saves.
+    cassette._finish(None, save=request.node.stash.get(_CALL_PASSED, False))
