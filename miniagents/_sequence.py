@@ -269,6 +269,7 @@ class SequenceBuilder:
     """
 
     __slots__ = (
+        "_activation",
         "_finishing",
         "_flush_scheduled",
         "_forwarded_error",
@@ -292,6 +293,7 @@ class SequenceBuilder:
         self._persist: Callable[[Message], None] | None = (
             context.persist if context is not None and context.persists else None
         )
+        self._activation = 0 if context is None else context._activation
         # Containers are created on first use: most builders only ever append ready items, and every object
         # a call allocates is work for the garbage collector when thousands of calls are in flight.
         self._ordered: deque[list[Iterator[Any]]] | None = None
@@ -384,7 +386,10 @@ class SequenceBuilder:
         persist = self._persist
         if persist is not None:
             if isinstance(item, Message):
-                persist(item)
+                # A message forwarded from agent to agent was queued once already: its mark says so, and
+                # checking it here saves a call per hop (MiniAgents.persist checks it too).
+                if item._persisted_in != self._activation:
+                    persist(item)
             else:
                 item.add_done_callback(persist)
 
