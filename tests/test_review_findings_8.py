@@ -6,15 +6,17 @@ import json
 
 import anyio
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from miniagents import InteractionContext, MiniAgents, RateLimit, RateLimiter, miniagent
 from miniagents.llms import openai_agent
-from miniagents.testing import FakeLLMServer, openai_stream
+from miniagents.testing import FakeLLMServer, ToolCall, openai_stream
 from miniagents.testing.limits import ManualClock, wait_all_tasks_blocked
-from miniagents.tracing import CAPTURE_CONTENT_ENV
+from miniagents.tracing import CAPTURE_CONTENT_ENV, TracingOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +110,125 @@ async def test_a_nested_untraced_context_makes_no_llm_spans_and_sends_no_tracepa
     assert "traceparent" in requests[1].headers
     assert spans.named("chat inner-model") == []
     assert len(spans.named("chat outer-model")) == 1
+
+
+# -- execute_tool spans for the function tools an LLM agent runs -----------------------------------------------
+#: The tracer the tool code uses for a span of its own (set by the test that looks at it).
+USER_TRACER: list[trace.Tracer] = [trace.NoOpTracer()]
+
+
+async def lookup(term: str) -> str:
+    """Look a term up."""
+    with USER_TRACER[0].start_as_current_span("user work"):
+        await anyio.sleep(0)
+    return f"{term}: found"
+
+
+async def broken(term: str) -> str:
+    """Always fails."""
+    raise ValueError(f"cannot handle {term}")
+
+
+@miniagent
+async def adder(ctx: InteractionContext, a: int, b: int = 0) -> None:
+    """Add two numbers."""
+    ctx.reply(f"sum={a + b}")
+
+
+def _turns() -> list[object]:
+    return [
+        openai_stream(
+            tool_calls=[
+                ToolCall("lookup", {"term": "otel"}, id="call-1"),
+                ToolCall("broken", {"term": "x"}, id="call-2"),
+                ToolCall("adder", {"a": 2}, id="call-3"),
+                ToolCall("missing", {}, id="call-4"),
+            ]
+        ),
+        openai_stream(["Done."]),
+    ]
+
+
+async def test_function_tools_get_execute_tool_spans_under_the_llm_call(spans: Spans) -> None:
+    provider = spans.provider
+    USER_TRACER[0] = provider.get_tracer("user")
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(*_turns())  # type: ignore[arg-type]
+        assistant = openai_agent.fork(
+            alias="assistant",
+            model="m",
+            api_key=KEY,
+            base_url=server.openai_base_url,
+            tools=[lookup, broken, adder],
+        )
+        try:
+            async with MiniAgents(tracing=provider):
+                replies = await assistant.inquire("go")
+        finally:
+            USER_TRACER[0] = trace.NoOpTracer()
+        assert str(replies[-1]) == "Done."
+    call = next(s for s in spans.all if s.name == "assistant")
+    tool_spans = {
+        s.attributes["gen_ai.tool.name"]: s for s in spans.all if s.name.startswith("execute_tool ")
+    }
+    # Agent tools already have their call span; function tools (and a tool the model made up) get one each.
+    assert set(tool_spans) == {"lookup", "broken", "missing"}
+    assert [s.name for s in spans.all].count("adder") == 1
+    ok, failed, unknown = tool_spans["lookup"], tool_spans["broken"], tool_spans["missing"]
+    for span in tool_spans.values():
+        assert span.kind is SpanKind.INTERNAL
+        assert spans.parent(span) is call
+        assert span.attributes["gen_ai.operation.name"] == "execute_tool"
+        assert span.attributes["gen_ai.tool.type"] == "function"
+        assert "gen_ai.tool.call.arguments" not in span.attributes  # content only on opt-in
+        assert "gen_ai.tool.call.result" not in span.attributes
+        assert KEY not in span.to_json()
+    assert ok.name == "execute_tool lookup"
+    assert ok.attributes["gen_ai.tool.call.id"] == "call-1"
+    assert ok.attributes["gen_ai.tool.description"] == "Look a term up."
+    assert ok.status.status_code is StatusCode.UNSET and "error.type" not in ok.attributes
+    (user_span,) = spans.named("user work")
+    assert spans.parent(user_span) is ok  # the tool span is current while the tool runs
+    assert failed.attributes["gen_ai.tool.call.id"] == "call-2"
+    assert failed.attributes["error.type"] == "ValueError"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert unknown.attributes["error.type"] == "LookupError"
+
+
+async def test_tool_arguments_and_results_are_captured_only_on_opt_in(spans: Spans) -> None:
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(*_turns())  # type: ignore[arg-type]
+        tracing = TracingOptions(tracer_provider=spans.provider, capture_message_content=True)
+        async with MiniAgents(tracing=tracing):
+            await openai_agent.inquire(
+                "go", model="m", api_key=KEY, base_url=server.openai_base_url, tools=[lookup, broken, adder]
+            )
+    (ok,) = spans.named("execute_tool lookup")
+    (failed,) = spans.named("execute_tool broken")
+    assert json.loads(str(ok.attributes["gen_ai.tool.call.arguments"])) == {"term": "otel"}
+    assert ok.attributes["gen_ai.tool.call.result"] == "otel: found"
+    assert "gen_ai.tool.call.result" not in failed.attributes  # a result only when the tool succeeded
+
+
+async def test_a_cancelled_tool_span_ends_once_as_cancelled(spans: Spans) -> None:
+    started = anyio.Event()
+
+    async def slow(term: str) -> str:
+        """Never finishes."""
+        started.set()
+        await anyio.sleep_forever()
+        return term
+
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(openai_stream(tool_calls=[ToolCall("slow", {"term": "t"}, id="c")]))
+        async with MiniAgents(tracing=spans.provider):
+            call = openai_agent.initiate_call(
+                model="m", api_key=KEY, base_url=server.openai_base_url, tools=[slow]
+            )
+            call.send("go").finish()
+            await started.wait()
+            call.cancel()
+    (span,) = spans.named("execute_tool slow")
+    assert span.status.status_code is StatusCode.UNSET
+    assert [e.name for e in span.events] == ["miniagents.tool.cancelled"]

@@ -35,7 +35,7 @@ from miniagents.llms._http import (
 from miniagents.llms._limiting import request_limits
 from miniagents.llms._sse import SSEDecoder
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
-from miniagents.tracing._state import chat_span
+from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
 
 __all__ = ["run_llm_agent"]
 
@@ -277,25 +277,36 @@ async def _run_tools(
 ) -> list[Message]:
     """Run the calls of one turn concurrently; results keep the order of the calls."""
     results: list[Message | None] = [None] * len(calls)
+    tracing = active_tracing.get()  # read once: None (the usual case) costs nothing more per tool
 
     async def run_one(index: int, call: ToolCallRecord) -> None:
         is_error = False
-        try:
-            tool = tools.get(call.name)
-            if tool is None:
-                raise LookupError(
-                    f"unknown tool {call.name!r}; available: {', '.join(sorted(tools)) or 'none'}"
-                )
+        tool = tools.get(call.name)
+        # OpenTelemetry: an execute_tool span, except for agent tools (their call has its own span).
+        span = (
+            NO_TOOL_SPAN
+            if tracing is None or (tool is not None and tool.calls_agent)
+            else tracing.tool_span(call.name, call.id, tool.description if tool else None, call.arguments)
+        )
+        with span:
             try:
-                arguments = json.loads(call.arguments) if call.arguments.strip() else {}
-            except ValueError as exc:
-                raise ValueError(f"the arguments are not valid JSON: {exc}") from None
-            if not isinstance(arguments, dict):
-                raise TypeError("the arguments must be a JSON object")
-            text = tool_result_text(await tool.handler(arguments))
-        except Exception as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            is_error = True
+                if tool is None:
+                    raise LookupError(
+                        f"unknown tool {call.name!r}; available: {', '.join(sorted(tools)) or 'none'}"
+                    )
+                try:
+                    arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+                except ValueError as exc:
+                    raise ValueError(f"the arguments are not valid JSON: {exc}") from None
+                if not isinstance(arguments, dict):
+                    raise TypeError("the arguments must be a JSON object")
+                text = tool_result_text(await tool.handler(arguments))
+            except Exception as exc:
+                span.failed(exc)
+                text = f"{type(exc).__name__}: {exc}"
+                is_error = True
+            else:
+                span.finished(text)
         results[index] = TextMessage(
             content=text,
             role="tool",

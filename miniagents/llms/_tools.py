@@ -39,6 +39,8 @@ class Tool:
         parameters: the JSON schema (an ``"object"`` schema) of its arguments.
         handler: ``async (arguments: dict) -> Any``; the result is sent to the model as text (``str`` as is,
             messages by their content, anything else as JSON).
+        calls_agent: the handler runs a miniagent (set by :meth:`from_agent`); when traced, that call has its
+            own span, so the execution gets no ``execute_tool`` span (every other tool gets one).
 
     ``tools=[...]`` of the LLM agents also accepts miniagents and plain typed async functions; they are turned
     into :class:`Tool` objects with :meth:`from_agent` / :meth:`from_function`.
@@ -48,6 +50,7 @@ class Tool:
     description: str
     parameters: Mapping[str, Any]
     handler: Callable[[dict[str, Any]], Awaitable[Any]] = attrs.field(repr=False, eq=False)
+    calls_agent: bool = attrs.field(default=False, kw_only=True, repr=False, eq=False)
 
     @classmethod
     def from_function(
@@ -112,6 +115,7 @@ class Tool:
             description=description if description is not None else (agent_description or summary),
             parameters=schema,
             handler=handler,
+            calls_agent=True,
         )
 
 

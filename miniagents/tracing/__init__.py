@@ -36,13 +36,21 @@ set, ``server.address`` / ``server.port``, then ``gen_ai.response.model``, ``gen
 the retries.  The W3C trace context of this span goes out with the HTTP request (``traceparent``, injected by
 the globally configured propagator).
 
+**Tool executions.**  A tool an LLM agent runs for the model (a function or a ``Tool``; an agent tool has its
+call's span instead) gets one span (kind ``INTERNAL``, named ``execute_tool {name}``, current while the tool
+runs) under the LLM agent's call: ``gen_ai.operation.name`` (``"execute_tool"``), ``gen_ai.tool.name``,
+``gen_ai.tool.call.id``, ``gen_ai.tool.type`` (``"function"``), ``gen_ai.tool.description``.  A failed tool (the
+model gets the error as the tool result) sets ``error.type`` and the ``ERROR`` status; a cancelled one gets the
+event ``miniagents.tool.cancelled``.  With content capture, ``gen_ai.tool.call.arguments`` (the JSON the model
+sent) and ``gen_ai.tool.call.result`` (the text sent back) are recorded too.
+
 Prompt and completion content is **not** recorded unless you opt in: ``TracingOptions(capture_message_content
 =True)`` or the standard environment variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.  It
 then goes into ``gen_ai.system_instructions``, ``gen_ai.input.messages`` and ``gen_ai.output.messages`` (JSON
 strings in the conventions' ``parts`` format).  Request headers, URLs and API keys are never recorded.
 
 Without a tracer provider or with ``tracing=False`` the runtime does no OpenTelemetry work: calls pay one check
-of a tuple of observers, LLM requests one read of a context variable.
+of a tuple of observers, LLM requests and each turn's tool round one read of a context variable.
 """
 
 from __future__ import annotations

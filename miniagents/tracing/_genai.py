@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, MutableMapping, Sequence
+from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from miniagents.llms._common import message_role, tool_calls_of
@@ -22,9 +25,10 @@ if TYPE_CHECKING:
     from miniagents._messages import Message
     from miniagents.llms._common import LLMOptions
 
-__all__ = ["OpenChatSpan"]
+__all__ = ["OpenChatSpan", "OpenToolSpan"]
 
 CANCELLED_EVENT = "miniagents.request.cancelled"
+TOOL_CANCELLED_EVENT = "miniagents.tool.cancelled"
 
 
 def _server(url: str) -> dict[str, Any]:
@@ -195,3 +199,71 @@ class OpenChatSpan:
                 output["finish_reason"] = finish_reason
             attributes["gen_ai.output.messages"] = _json([output])
         self.span.set_attributes(attributes)
+
+
+class OpenToolSpan:
+    """A started ``execute_tool {name}`` span; a context manager that makes it current and ends it once."""
+
+    __slots__ = ("_capture", "_ended", "_failed", "_token", "span")
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        capture_content: bool,
+        name: str,
+        call_id: str,
+        description: str | None,
+        arguments: str,
+    ) -> None:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.type": "function",
+        }
+        if call_id:
+            attributes["gen_ai.tool.call.id"] = call_id
+        if description:
+            attributes["gen_ai.tool.description"] = description
+        if capture_content:
+            attributes["gen_ai.tool.call.arguments"] = arguments
+        self.span: Span = tracer.start_span(
+            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        self._capture = capture_content
+        self._ended = False
+        self._failed = False
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> OpenToolSpan:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
+        if self._ended:
+            return
+        if exc is not None and not self._failed:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.span.add_event(TOOL_CANCELLED_EVENT)
+            else:
+                self.failed(exc)
+        self._ended = True
+        self.span.end()
+
+    def failed(self, error: BaseException) -> None:
+        """Record *error* (the first failure only): exception event, ``error.type``, ``ERROR`` status."""
+        if self._failed or self._ended:
+            return
+        self._failed = True
+        self.span.record_exception(error)
+        self.span.set_attribute("error.type", type(error).__qualname__)
+        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def finished(self, result: str) -> None:
+        """Record the tool's result text (only when content is captured)."""
+        if self._capture and not self._ended:
+            self.span.set_attribute("gen_ai.tool.call.result", result)

@@ -12,8 +12,8 @@ from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, S
 
 import miniagents
 from miniagents._scope import current_context
-from miniagents.tracing._genai import OpenChatSpan
-from miniagents.tracing._state import NO_SPAN, ChatSpan, active_tracing
+from miniagents.tracing._genai import OpenChatSpan, OpenToolSpan
+from miniagents.tracing._state import NO_SPAN, NO_TOOL_SPAN, ChatSpan, ToolSpan, active_tracing
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
@@ -121,6 +121,12 @@ class TracingObserver:
         if not self._traces_current_context():
             return NO_SPAN
         return OpenChatSpan(self.tracer, self.capture_content, provider, options, url, headers, conversation)
+
+    def tool_span(self, name: str, call_id: str, description: str | None, arguments: str) -> ToolSpan:
+        """Start the ``execute_tool`` span of one tool execution (a child of the current span)."""
+        if not self._traces_current_context():
+            return NO_TOOL_SPAN
+        return OpenToolSpan(self.tracer, self.capture_content, name, call_id, description, arguments)
 
     def _traces_current_context(self) -> bool:
         context = current_context.get()

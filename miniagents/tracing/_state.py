@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from miniagents._messages import Message
     from miniagents.llms._common import LLMOptions
 
-__all__ = ["NO_SPAN", "ChatSpan", "Tracing", "active_tracing", "chat_span"]
+__all__ = ["NO_SPAN", "NO_TOOL_SPAN", "ChatSpan", "ToolSpan", "Tracing", "active_tracing", "chat_span"]
 
 
 class ChatSpan(Protocol):
@@ -41,6 +41,28 @@ class ChatSpan(Protocol):
         """Record the response: model, id, finish reason, token usage (and content when captured)."""
 
 
+class ToolSpan(Protocol):
+    """The span of one tool execution (``execute_tool``), used as a context manager around the tool's code.
+
+    The span is the current span inside the block.  Leaving the block with an exception records it
+    (cancellation as such, not as an error); the span ends exactly once, when the block is left.
+    """
+
+    def __enter__(self) -> ToolSpan:
+        """Make the span current; return it."""
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Record *exc* (if any) and end the span."""
+
+    def failed(self, error: BaseException) -> None:
+        """Record a failure that is not raised through the block (the first one recorded wins)."""
+
+    def finished(self, result: str) -> None:
+        """Record the tool's result (only when content is captured)."""
+
+
 class Tracing(Protocol):
     """What the tracing observer offers to the code running inside a traced call."""
 
@@ -53,6 +75,9 @@ class Tracing(Protocol):
         conversation: Sequence[Message],
     ) -> ChatSpan:
         """Start the span of one model request and inject its trace context into *headers*."""
+
+    def tool_span(self, name: str, call_id: str, description: str | None, arguments: str) -> ToolSpan:
+        """Start the span of one tool execution (a child of the current span)."""
 
 
 class _NoSpan:
@@ -69,12 +94,14 @@ class _NoSpan:
     def failed(self, error: BaseException) -> None:
         """Do nothing."""
 
-    def finished(self, message: Message) -> None:
+    def finished(self, message: Any) -> None:
         """Do nothing."""
 
 
 #: The span used when tracing is off.
 NO_SPAN: ChatSpan = _NoSpan()
+#: The tool span used when tracing is off.
+NO_TOOL_SPAN: ToolSpan = _NoSpan()
 
 #: The tracing of the current call (set by the tracing observer in the call's task), ``None`` when untraced.
 active_tracing: ContextVar[Tracing | None] = ContextVar("miniagents_active_tracing", default=None)
