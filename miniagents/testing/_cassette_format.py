@@ -37,6 +37,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import attrs
 
+from miniagents.llms._sse import SSEDecoder
+
 __all__ = [
     "CASSETTE_FORMAT",
     "CASSETTE_VERSION",
@@ -326,7 +328,9 @@ def load_cassette(path: Path) -> list[Exchange]:
 
     Raises:
         CassetteFormatError: the file is empty, truncated, of another format or version, or an entry is malformed
-            (the error names the file and the line).
+            (the error names the file and the line), e.g. a successful ``text/event-stream`` response whose
+            recorded body does not split into SSE events with JSON (or ``[DONE]``) data: an edited body fails
+            here rather than as the agent's :class:`~miniagents.llms.MalformedResponseError` during replay.
 
     """
     try:
@@ -413,6 +417,9 @@ def _exchange_from_json(path: Path, number: int, data: Any) -> Exchange:
         if not isinstance(delays, list) or len(delays) != len(chunks) or not all(map(_is_seconds, delays)):
             raise bad('"response.delays" must be one non-negative number per chunk')
         delays = tuple(float(d) for d in delays)
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if status is not None and 200 <= status < 300 and content_type.lower().startswith("text/event-stream"):
+        _check_event_stream(chunks, bad)
     return Exchange(
         request=RequestKey(method, target, request.get("body"), body_text),
         status=status,
@@ -423,6 +430,41 @@ def _exchange_from_json(path: Path, number: int, data: Any) -> Exchange:
         delays=delays,
         line=number,
     )
+
+
+_SHOWN = 80  # characters of a bad event's data quoted in the error
+
+
+def _check_event_stream(chunks: Sequence[bytes], bad: Callable[[str], CassetteFormatError]) -> None:
+    """Check that a recorded SSE body splits into events whose ``data`` is JSON (or OpenAI's ``[DONE]``).
+
+    Only the events the body completes are checked: one cut short by an aborted or cancelled stream is not.
+    """
+    decoder = SSEDecoder()
+    count = 0
+    for n, chunk in enumerate((*chunks, None)):
+        for event in decoder.feed(chunk) if chunk is not None else decoder.close():
+            count += 1
+            if event.data == "[DONE]":
+                continue
+            try:
+                json.loads(event.data)
+            except ValueError as error:
+                where = f"response.chunks[{n}]" if chunk is not None else "the end of response.chunks"
+                data, position = event.data, getattr(error, "pos", 0)
+                reason = (
+                    f"{error.msg} at character {position}" if isinstance(error, json.JSONDecodeError) else ""
+                )
+                if len(data) > _SHOWN:  # quote the part around the fault
+                    start = max(0, min(position - _SHOWN // 2, len(data) - _SHOWN))
+                    shown = f"{'...' if start else ''}{data[start : start + _SHOWN]!r}"
+                    shown += "..." if start + _SHOWN < len(data) else ""
+                else:
+                    shown = repr(data)
+                raise bad(
+                    f"the event stream does not parse: SSE event {count} (event {event.event!r}, completed in "
+                    f"{where}) has data that is not JSON ({reason or error}): {shown}"
+                ) from None
 
 
 def _is_seconds(value: Any) -> bool:

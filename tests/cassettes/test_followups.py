@@ -3,6 +3,7 @@ and a concurrency property of replay."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from cassettes.test_pytest_plugin import run_live
 
 from miniagents import MiniAgents
 from miniagents.llms import openai_agent
-from miniagents.testing import Cassette, FakeLLMServer, openai_stream
+from miniagents.testing import Cassette, CassetteFormatError, FakeLLMServer, openai_stream
 from miniagents.testing._cassette_format import load_cassette
 
 pytestmark = pytest.mark.anyio
@@ -127,3 +128,76 @@ def test_an_xfail_test_does_not_write_its_cassette(pytester: pytest.Pytester) ->
     )
     run_live(pytester).assert_outcomes(passed=2)
     assert len(load_cassette(cassette)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. An edited response body is caught when the cassette is loaded, naming the file, the line and the problem
+def edit_line(path: Path, number: int, old: str, new: str) -> None:
+    """Replace *old* by *new* in line *number* (1-based) of the file, as a person editing it would."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert old in lines[number - 1]
+    lines[number - 1] = lines[number - 1].replace(old, new, 1)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        # a quote removed inside a data payload
+        (
+            '\\"content\\": \\"two\\"',
+            '\\"content\\": two\\"',
+            r"SSE event 2 \(event 'message'.*not JSON \(Expecting value at character \d+\).*\"content\": two\"",
+        ),
+        # the blank line between two events removed: their data lines merge into one payload
+        (
+            '}\\n\\n", "data: {',
+            '}\\n", "data: {',
+            r"chunks\[1\]\) has data that is not JSON \(Extra data at character \d+\)",
+        ),
+        # OpenAI's end marker mistyped
+        ("data: [DONE]", "data: [DONE", r"has data that is not JSON .*'\[DONE'"),
+    ],
+)
+async def test_an_edited_response_body_fails_loading_with_file_line_and_event(
+    tmp_path: Path, old: str, new: str, problem: str
+) -> None:
+    path = tmp_path / "edited.jsonl"
+    await record_answers(path, "one", "two")
+    edit_line(path, 3, old, new)
+    with pytest.raises(CassetteFormatError, match=problem) as raised:
+        load_cassette(path)
+    assert raised.value.path == path and raised.value.line == 3
+    assert str(raised.value).startswith(f"bad cassette {path}, line 3: malformed entry: the event stream")
+    with pytest.raises(CassetteFormatError, match=problem):  # replay fails the same way before any request
+        async with Cassette(path, mode="replay"):
+            pass
+
+
+async def test_event_stream_check_accepts_what_recordings_hold(tmp_path: Path) -> None:
+    """Comments, CRLF line ends, split chunks, a stream cut short (abort) and error bodies still load."""
+    path = tmp_path / "varied.jsonl"
+    await record_answers(path, "one")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    entry = json.loads(lines[1])
+    body = "".join(entry["response"]["chunks"])
+    crlf = ": keep-alive\r\n\r\n" + body.replace("\n", "\r\n")
+    variants = [
+        {**entry, "response": {**entry["response"], "chunks": [crlf[:7], crlf[7:50], crlf[50:]]}},
+        # cut in the middle of an event's JSON: only completed events are checked
+        {
+            **entry,
+            "response": {**entry["response"], "chunks": [body[: body.index("one") + 2]], "end": "abort"},
+        },
+        # an error response is not an event stream
+        {**entry, "response": {**entry["response"], "status": 500, "chunks": ["{not json"]}},
+        # a 2xx body that is not an event stream is not checked either
+        {
+            **entry,
+            "response": {**entry["response"], "headers": {"content-type": "text/plain"}, "chunks": ["x"]},
+        },
+    ]
+    path.write_text("\n".join([lines[0], *map(json.dumps, variants)]) + "\n", encoding="utf-8")
+    loaded = load_cassette(path)
+    assert [e.status for e in loaded] == [200, 200, 500, 200]
+    assert loaded[0].body_bytes().decode() == crlf
