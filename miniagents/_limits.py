@@ -339,13 +339,15 @@ class RateLease:
     ) -> None:
         self.release(failed=exc_type is not None)
 
-    def release(self, *, failed: bool = False) -> None:
+    def release(self, *, failed: bool = False, unused: bool = False) -> None:
         """Release the lease now (the ``async with`` block does it on exit); later calls do nothing.
 
-        With *failed*, the reservation shrinks to :meth:`note_used` unless the lease was settled.
+        With *failed*, the reservation shrinks to :meth:`note_used` unless the lease was settled.  With
+        *unused*, the request was never sent: its place in the request window and all its tokens are given
+        back (e.g. it was cancelled while waiting for another limiter).
         """
         if self._status == _GRANTED:
-            self._release(failed=failed, unused=False)
+            self._release(failed=failed or unused, unused=unused)
 
     def _release(self, *, failed: bool, unused: bool) -> None:
         state = self._key

@@ -40,7 +40,11 @@ _OPTIONS_DOC = """
         anthropic_version: the ``anthropic-version`` header (Anthropic only; default ``2023-06-01``).
         rate_limiter: a :class:`~miniagents.RateLimiter` for this agent's requests (shared by every call of a
             fork that holds it); the context's ``MiniAgents(rate_limiter=)`` applies too: the request waits in
-            this one, then in the context's.  Every attempt (retries included) reserves the prompt estimate
+            this one, then in the context's (which is exact at the moment the request is sent; this one counts
+            the request from its own grant, and gets it back if the request is cancelled while waiting in the
+            context's).  Use the same two limiters in the same roles everywhere: a limiter that is the
+            agent's limiter in one place and the context's in another can deadlock two requests that each
+            hold one while waiting for the other when both limit concurrency.  Every attempt (retries included) reserves the prompt estimate
             (JSON body bytes / 4) plus ``max_tokens``, settles to the reported ``usage``, and a 429/503/529 with
             ``retry-after`` pauses every waiter on its key.  The wait counts toward ``timeout``.
 

@@ -73,6 +73,13 @@ class RequestLimits:
                 lease = limiter.acquire(key, tokens=self.tokens)
                 await lease.__aenter__()
                 leases.append(lease)
+        except BaseException:
+            # Stopped while waiting in a later limiter's queue: nothing was sent, so the limiters that had
+            # granted already get the request and its tokens back.
+            for lease in leases:
+                lease.release(unused=True)
+            raise
+        try:
             yield
         except BaseException:
             for lease in leases:

@@ -121,6 +121,39 @@ async def test_cancelling_a_waiting_call_leaves_the_queue(server: FakeLLMServer)
     assert (s.granted, s.cancelled, s.in_flight, len(server.requests)) == (2, 1, 0, 2)
 
 
+async def test_a_call_cancelled_in_the_second_limiter_gives_the_first_its_request_back(
+    server: FakeLLMServer,
+) -> None:
+    # The agent's limiter grants first; the context's (one request at a time) makes the second request wait.
+    # Cancelled there, the request was never sent: the agent's limiter must not count it.
+    agent_limiter = RateLimiter(default=RateLimit(requests_per_minute=10, tokens_per_minute=10_000))
+    context_limiter = RateLimiter(default=RateLimit(max_concurrent=1))
+    gate = Gate()
+    server.enqueue(openai_stream("first", gate=gate))
+    options = {
+        "model": "m",
+        "base_url": server.openai_base_url,
+        "api_key": "k",
+        "rate_limiter": agent_limiter,
+    }
+    async with MiniAgents(rate_limiter=context_limiter):
+        first = openai_agent.inquire("1", **options)
+        await server.wait_for_requests(1)
+        second = openai_agent.initiate_call(**options)
+        second.send("2").finish()
+        await until(lambda: context_limiter.statistics()[KEY].waiting == 1)
+        assert agent_limiter.statistics()[KEY].requests_in_window == 2
+        second.cancel()
+        await until(lambda: context_limiter.statistics()[KEY].waiting == 0)
+        s = agent_limiter.statistics()[KEY]
+        assert (s.requests_in_window, s.in_flight) == (1, 1)
+        gate.open()
+        assert await first.as_single_text() == "first"
+        with pytest.raises(AgentCallCancelledError):
+            await second.reply_sequence()
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_a_retry_after_pauses_every_waiter_then_a_probe_goes_first(
     server: FakeLLMServer, provider: str
