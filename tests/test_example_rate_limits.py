@@ -17,7 +17,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rate_limits.py"
 
 def test_two_hundred_tool_calls_stay_within_the_limits_with_no_429() -> None:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--time-scale", "15", "--no-progress"],
+        # A generous latency allowance: on a loaded CI machine a granted request can take a while to reach the
+        # server; the limiter's own exactness is what tests/test_limits_properties.py proves.
+        [sys.executable, str(EXAMPLE), "--time-scale", "15", "--grace", "1.0", "--no-progress"],
         capture_output=True,
         text=True,
         timeout=120,
