@@ -3,16 +3,36 @@ and a concurrency property of replay."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.lowlevel
+import attrs
 import pytest
+from cassettes._helpers import DEAD_URL, agent_for
 from cassettes.test_pytest_plugin import run_live
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miniagents import MiniAgents
 from miniagents.llms import openai_agent
-from miniagents.testing import Cassette, CassetteFormatError, FakeLLMServer, openai_stream
+from miniagents.testing import (
+    Cassette,
+    CassetteFormatError,
+    FakeLLMServer,
+    RecordedRequest,
+    ScriptedResponse,
+    ToolCall,
+    anthropic_stream,
+    openai_stream,
+)
 from miniagents.testing._cassette_format import load_cassette
 
 pytestmark = pytest.mark.anyio
@@ -201,3 +221,144 @@ async def test_event_stream_check_accepts_what_recordings_hold(tmp_path: Path) -
     loaded = load_cassette(path)
     assert [e.status for e in loaded] == [200, 200, 500, 200]
     assert loaded[0].body_bytes().decode() == crlf
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Property: concurrent calls replayed in any order, with any interleaving, get exactly their recordings
+Spec = tuple[str, int, bool]  # (provider, question number, with a tool round)
+SPECS: list[Spec] = [(p, q, tool) for p in ("openai", "anthropic") for q in (0, 1) for tool in (False, True)]
+
+
+def question_of(spec: Spec) -> str:
+    return f"question {spec[1]}" + (" (use-tool)" if spec[2] else "")
+
+
+def scripted_provider() -> Callable[[RecordedRequest], ScriptedResponse]:
+    """Answers determined by the request: a tool call for a first round asking for one, else text naming the
+    request (a digest of its body) and how many identical requests came before it."""
+    seen: Counter[str] = Counter()
+
+    def answer(request: RecordedRequest) -> ScriptedResponse:
+        body = request.json
+        key = json.dumps(body, sort_keys=True)
+        occurrence = seen[key]
+        seen[key] += 1
+        anthropic = request.path.split("?")[0].endswith("/messages")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        if "use-tool" in key and len(body["messages"]) == 1:  # the same for every repeat: round 2 repeats too
+            call = ToolCall("weather", {"city": f"c-{digest}"}, id="call_w", fragment_size=5)
+            if anthropic:
+                return anthropic_stream(["Checking."], tool_uses=[call])
+            return openai_stream(["Checking. "], tool_calls=[call])
+        tokens = [f"{digest} ", f"round {len(body['messages'])} ", f"#{occurrence}"]
+        return anthropic_stream(tokens) if anthropic else openai_stream(tokens)
+
+    return answer
+
+
+@attrs.frozen
+class Scenario:
+    specs: list[Spec]  # call i asks specs[i]
+    order: list[int]  # replay starts the calls in this order
+    pauses: list[int]  # checkpoints before call i starts (replay)
+    token_pauses: int  # checkpoints after every token (replay)
+    chain: bool  # identical calls wait for the previous one (in start order) to finish
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    specs = draw(st.lists(st.sampled_from(SPECS), min_size=1, max_size=6))
+    n = len(specs)
+    return Scenario(
+        specs=specs,
+        order=draw(st.permutations(range(n))),
+        pauses=draw(st.lists(st.integers(0, 6), min_size=n, max_size=n)),
+        token_pauses=draw(st.integers(0, 2)),
+        chain=draw(st.booleans()),
+    )
+
+
+CallResult = tuple[list[list[str]], list[dict[str, Any]]]
+
+
+async def run_calls(
+    scenario: Scenario, urls: dict[str, str], order: list[int], pauses: list[int], token_pauses: int
+) -> list[CallResult]:
+    """Run every call of *scenario* concurrently (started in *order*); return each call's tokens and messages."""
+    n = len(scenario.specs)
+    results: list[CallResult | None] = [None] * n
+    done = [anyio.Event() for _ in range(n)]
+    previous: dict[int, int] = {}  # call -> the identical call started before it (when chained)
+    last: dict[Spec, int] = {}
+    for i in order:
+        if scenario.chain and scenario.specs[i] in last:
+            previous[i] = last[scenario.specs[i]]
+        last[scenario.specs[i]] = i
+
+    async def call(i: int) -> None:
+        provider = scenario.specs[i][0]
+        for _ in range(pauses[i]):
+            await anyio.lowlevel.checkpoint()
+        if i in previous:
+            await done[previous[i]].wait()
+        reply = agent_for(provider, urls[provider]).inquire(question_of(scenario.specs[i]))
+        tokens: list[list[str]] = []
+        async for promise in reply.promises():
+            message_tokens = []
+            async for token in promise:
+                message_tokens.append(token)
+                for _ in range(token_pauses):
+                    await anyio.lowlevel.checkpoint()
+            tokens.append(message_tokens)
+        results[i] = (tokens, [m.to_dict() for m in await reply])
+        done[i].set()
+
+    async with MiniAgents(), anyio.create_task_group() as group:
+        for i in order:
+            group.start_soon(call, i)
+    return [result for result in results if result is not None]
+
+
+def by_request(
+    scenario: Scenario, order: list[int], results: list[CallResult]
+) -> dict[Spec, list[CallResult]]:
+    """The results of identical calls, in their start order (sorted when they were not chained)."""
+    grouped: dict[Spec, list[CallResult]] = {}
+    for i in order:
+        grouped.setdefault(scenario.specs[i], []).append(results[i])
+    if not scenario.chain:  # concurrent identical calls: which one goes first is up to the scheduler
+        grouped = {spec: sorted(group, key=repr) for spec, group in grouped.items()}
+    return grouped
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+async def test_concurrent_calls_replay_their_own_recordings_in_any_order(scenario: Scenario) -> None:
+    n = len(scenario.specs)
+    requests = n + sum(1 for spec in scenario.specs if spec[2])
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "concurrent.jsonl"
+        async with FakeLLMServer.serve() as server:
+            server.handler = scripted_provider()
+            urls = {"openai": server.openai_base_url, "anthropic": server.anthropic_base_url}
+            async with Cassette(path, mode="record") as recording:
+                recorded = await run_calls(scenario, urls, list(range(n)), [0] * n, 0)
+        assert recording.statistics().recorded == requests
+        offline = {"openai": DEAD_URL + "/v1", "anthropic": DEAD_URL}
+        async with Cassette(path, mode="replay") as cassette:
+            replayed = await run_calls(
+                scenario, offline, scenario.order, scenario.pauses, scenario.token_pauses
+            )
+    assert by_request(scenario, scenario.order, replayed) == by_request(scenario, list(range(n)), recorded)
+    stats = cassette.statistics()
+    assert (stats.loaded, stats.replayed, stats.unused, stats.unmatched, stats.recorded) == (
+        requests,
+        requests,
+        0,
+        0,
+        0,
+    )
+    # Every answer names its request and, for identical requests, which recording it is: all distinct.
+    finals = [result[0][-1] for result in replayed]
+    assert all(tokens[-1].startswith("#") for tokens in finals)
+    assert len({(spec, "".join(tokens)) for spec, tokens in zip(scenario.specs, finals, strict=True)}) == n
