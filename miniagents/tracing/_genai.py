@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -103,10 +103,46 @@ def _usage(usage: Any) -> dict[str, int]:
     return result
 
 
-class OpenChatSpan:
+class _EndedOnce:
+    """What the request and tool spans share: the first failure is recorded, the span is ended exactly once.
+
+    Leaving the block with a cancellation adds the subclass's cancellation event (not an error); with any other
+    exception, records it as the failure.
+    """
+
+    __slots__ = ("_ended", "_failed", "span")
+
+    span: Span
+    _ended: bool
+    _failed: bool
+    _cancelled_event: ClassVar[str]
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self._ended:
+            return
+        if exc is not None and not self._failed:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.span.add_event(self._cancelled_event)
+            else:
+                self.failed(exc)
+        self._ended = True
+        self.span.end()
+
+    def failed(self, error: BaseException) -> None:
+        """Record *error* (the first failure only): exception event, ``error.type``, ``ERROR`` status."""
+        if self._failed or self._ended:
+            return
+        self._failed = True
+        self.span.record_exception(error)
+        self.span.set_attribute("error.type", type(error).__qualname__)
+        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class OpenChatSpan(_EndedOnce):
     """A started ``chat {model}`` span; a context manager that ends it once (see ``ChatSpan``)."""
 
-    __slots__ = ("_capture", "_ended", "_failed", "span")
+    __slots__ = ("_capture",)
+    _cancelled_event = CANCELLED_EVENT
 
     def __init__(
         self,
@@ -158,24 +194,7 @@ class OpenChatSpan:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._ended:
-            return
-        if exc is not None and not self._failed:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                self.span.add_event(CANCELLED_EVENT)
-            else:
-                self.failed(exc)
-        self._ended = True
-        self.span.end()
-
-    def failed(self, error: BaseException) -> None:
-        """Record *error* (the first failure only): exception event, ``error.type``, ``ERROR`` status."""
-        if self._failed or self._ended:
-            return
-        self._failed = True
-        self.span.record_exception(error)
-        self.span.set_attribute("error.type", type(error).__qualname__)
-        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        self._end(exc)
 
     def finished(self, message: Message) -> None:
         """Record the response fields of the turn's resolved *message*."""
@@ -201,10 +220,11 @@ class OpenChatSpan:
         self.span.set_attributes(attributes)
 
 
-class OpenToolSpan:
+class OpenToolSpan(_EndedOnce):
     """A started ``execute_tool {name}`` span; a context manager that makes it current and ends it once."""
 
-    __slots__ = ("_capture", "_ended", "_failed", "_token", "span")
+    __slots__ = ("_capture", "_token")
+    _cancelled_event = TOOL_CANCELLED_EVENT
 
     def __init__(
         self,
@@ -244,24 +264,7 @@ class OpenToolSpan:
         if self._token is not None:
             otel_context.detach(self._token)
             self._token = None
-        if self._ended:
-            return
-        if exc is not None and not self._failed:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                self.span.add_event(TOOL_CANCELLED_EVENT)
-            else:
-                self.failed(exc)
-        self._ended = True
-        self.span.end()
-
-    def failed(self, error: BaseException) -> None:
-        """Record *error* (the first failure only): exception event, ``error.type``, ``ERROR`` status."""
-        if self._failed or self._ended:
-            return
-        self._failed = True
-        self.span.record_exception(error)
-        self.span.set_attribute("error.type", type(error).__qualname__)
-        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        self._end(exc)
 
     def finished(self, result: str) -> None:
         """Record the tool's result text (only when content is captured)."""
