@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from miniagents._messages import Message
     from miniagents.llms._common import LLMOptions
 
-__all__ = ["OpenChatSpan", "OpenToolSpan"]
+__all__ = ["OpenChatSpan", "OpenToolSpan", "record_failure"]
 
 CANCELLED_EVENT = "miniagents.request.cancelled"
 TOOL_CANCELLED_EVENT = "miniagents.tool.cancelled"
@@ -103,6 +103,13 @@ def _usage(usage: Any) -> dict[str, int]:
     return result
 
 
+def record_failure(span: Span, error: BaseException) -> None:
+    """Record *error* on *span* the conventions' way: exception event, ``error.type``, ``ERROR`` status."""
+    span.record_exception(error)
+    span.set_attribute("error.type", type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
 class _EndedOnce:
     """What the request and tool spans share: the first failure is recorded, the span is ended exactly once.
 
@@ -133,9 +140,7 @@ class _EndedOnce:
         if self._failed or self._ended:
             return
         self._failed = True
-        self.span.record_exception(error)
-        self.span.set_attribute("error.type", type(error).__qualname__)
-        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        record_failure(self.span, error)
 
 
 class OpenChatSpan(_EndedOnce):

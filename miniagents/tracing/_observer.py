@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind
 
 import miniagents
 from miniagents._scope import current_context
-from miniagents.tracing._genai import OpenChatSpan, OpenToolSpan
+from miniagents.tracing._genai import OpenChatSpan, OpenToolSpan, record_failure
 from miniagents.tracing._state import NO_SPAN, NO_TOOL_SPAN, ChatSpan, ToolSpan, active_tracing
 
 if TYPE_CHECKING:
@@ -98,9 +98,7 @@ class TracingObserver:
             }
         )
         if outcome == "failed" and error is not None:
-            span.record_exception(error)
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            record_failure(span, error)
         elif outcome == "cancelled":
             span.add_event(CANCELLED_EVENT)
         span.end()
