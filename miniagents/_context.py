@@ -294,11 +294,7 @@ class MiniAgents:
         if message._extra or _CONTENT_ONLY_PREFIX[type(message)] is None:  # it may hold messages
             for sub in message.sub_messages():
                 self.persist(sub)
-        self._persist_queue.append(message)
-        event = self._persist_event
-        if event is not None:
-            self._persist_event = None
-            event.set()
+        self._enqueue(message)
 
     def record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""
