@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import miniagents
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))  # for the unit checks of self_developing's diff handling
 
@@ -111,23 +113,28 @@ def test_conversation_ctrl_c_cancels_only_the_answer(tmp_path: Path) -> None:
 @pytest.mark.real_llm
 @needs_local_model
 def test_docs_generation_writes_pages_and_skips_unchanged(tmp_path: Path) -> None:
-    args = ["--package", "miniagents.testing", "--out", "docs", "--concurrency", "2", *LOCAL]
+    # A small package of this project; its modules are counted from its files (one page each, __init__ as
+    # the package's own page), so the test does not break when the package gains a module.
+    package_dir = Path(miniagents.__file__).parent / "tracing"
+    modules = sorted(
+        ".".join(("miniagents.tracing", *p.relative_to(package_dir).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for p in package_dir.rglob("*.py")
+    )
+    n = len(modules)
+    assert n >= 3
+    args = ["--package", "miniagents.tracing", "--out", "docs", "--concurrency", "2", *LOCAL]
     out = run_example("docs_generation.py", *args, cwd=tmp_path)
-    assert "4 to document, 0 unchanged" in out
+    assert f"{n} to document, 0 unchanged" in out
     docs = tmp_path / "docs"
     pages = sorted(p.name for p in docs.glob("*.md"))
-    assert pages == [
-        "index.md",
-        "miniagents.testing._graphs.md",
-        "miniagents.testing._strategies.md",
-        "miniagents.testing.fake_llm_server.md",
-        "miniagents.testing.md",
-    ]
-    assert "## Overview (written by the LLM)" in (docs / "miniagents.testing._graphs.md").read_text()
-    assert "(miniagents.testing.fake_llm_server.md)" in (docs / "index.md").read_text()
+    assert pages == sorted(["index.md", *(f"{m}.md" for m in modules)])
+    assert "## Overview (written by the LLM)" in (docs / "miniagents.tracing._genai.md").read_text()
+    assert "(miniagents.tracing._observer.md)" in (docs / "index.md").read_text()
 
     out = run_example("docs_generation.py", *args, cwd=tmp_path)  # nothing changed: nothing to redo
-    if "4 modules in miniagents.testing: 0 to document, 4 unchanged" not in out:
+    if f"{n} modules in miniagents.tracing: 0 to document, {n} unchanged" not in out:
         # a module whose model call failed is retried; every other one must be skipped
         assert "to document" in out and "0 unchanged" not in out, out
 
