@@ -260,6 +260,24 @@ class ErrorMessage(Message):
     """An agent failure delivered as a message (``errors_as_messages=True``): content ``"ValueError: boom"``."""
 
 
+def text_message(content: str) -> TextMessage:
+    """Return ``TextMessage(content=content)`` for a plain ``str`` *content*, without the general constructor.
+
+    Every ``str`` sent or replied becomes one of these: the hot path of forwarding text.  The result is the
+    same object the constructor makes (all four slots set to the same values); *content* must be exactly a
+    ``str`` (not a subclass: the constructor converts those).
+    """
+    message = _new_object(TextMessage)
+    _set_slot(message, "content", content)
+    _set_slot(message, "_extra", EMPTY)
+    _set_slot(message, "_hash_key_cache", None)
+    _set_slot(message, "_persisted_in", 0)
+    return message
+
+
+_new_object = object.__new__
+
+
 # ----------------------------------------------------------------------------------------------------------------
 def build_message(cls: type[_M], content: str, fields: dict[str, Any]) -> _M:
     """Construct ``cls`` from *content* and a mix of declared and extra *fields*.

@@ -35,7 +35,7 @@ import anyio.lowlevel
 
 from miniagents._buffer import BufferIterator, ReplayBuffer
 from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
-from miniagents._messages import Message, TextMessage
+from miniagents._messages import Message, TextMessage, text_message
 from miniagents._promises import MessagePromise, StreamedPromise
 
 if TYPE_CHECKING:
@@ -404,7 +404,7 @@ class SequenceBuilder:
             for item in stack[-1]:
                 cls = type(item)
                 if cls is str:
-                    append(TextMessage(content=item))
+                    append(text_message(item))
                 elif cls is TextMessage or isinstance(item, (Message, MessagePromise)):
                     append(item)
                 elif isinstance(item, MessageSequencePromise):

@@ -570,3 +570,16 @@ def test_content_only_fast_path_key_equals_the_canonical_form(content: str) -> N
         msg = cls(content=content)
         canonical = json.dumps(msg.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         assert msg.hash_key == hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+@given(st.text())
+def test_the_fast_text_constructor_makes_the_same_message(content: str) -> None:
+    """What a str reply becomes is built without the general constructor: it must not be told apart."""
+    from miniagents._messages import text_message
+
+    fast, slow = text_message(content), TextMessage(content=content)
+    assert type(fast) is TextMessage
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert fast.hash_key == slow.hash_key and fast.to_dict() == slow.to_dict()
+    assert attrs.asdict(fast) == attrs.asdict(slow)
+    assert fast.extra_fields == slow.extra_fields
