@@ -561,7 +561,10 @@ class AgentCall:
                     self._function_returned = True
                     if not self._user_tasks:
                         self._code_finished()
-            completed = not (self._cancel_requested and tg.cancel_scope.cancelled_caught)
+            # cancel() while the call ran: its consumers get AgentCallCancelledError (as documented), whether
+            # or not the cancellation interrupted anything (trio's nursery does not raise when its last child
+            # ends without reaching a checkpoint; asyncio's group does).
+            completed = not self._cancel_requested
         finally:
             self.accepts_children = False
             self._tg = None

@@ -82,12 +82,27 @@ class ScopedChildGroup:
     * ``__aexit__`` returns only after every child finished (so a call's replies end after its children);
     * ``cancel_scope.cancel()`` cancels the body and every child, also children started afterwards;
     * a cancellation of the task running the group (an outer scope) cancels the children too, and the
-      group still waits for them (shielded) before the cancellation propagates.
+      group still waits for them (shielded) before the cancellation propagates;
+    * a cancellation of the group that runs this group's task (the parent call's) reaches this group's children
+      at once, as a cancelled nursery reaches its grandchildren: they do not wait for this task to notice it
+      (which a shielded wait, e.g. for a child's cleanup, would delay forever);
+    * a child that was cancelled makes ``__aexit__`` a cancellation point, as the cancelled child's exception
+      makes a nursery's exit raise.
 
     Children must not raise: the runtime routes their errors itself (``_guard_child``, pump guards, calls).
     """
 
-    __slots__ = ("_child_scopes", "_idle", "_running", "_spawn", "cancelled", "host_scope")
+    __slots__ = (
+        "_child_cancelled",
+        "_child_scopes",
+        "_idle",
+        "_parent",
+        "_running",
+        "_spawn",
+        "_subgroups",
+        "cancelled",
+        "host_scope",
+    )
 
     def __init__(self, spawn: Callable[..., None]) -> None:
         self._spawn = spawn
@@ -96,6 +111,10 @@ class ScopedChildGroup:
         self._running = 0
         self._idle: anyio.Event | None = None
         self.cancelled = False
+        self._child_cancelled = False
+        # The group whose child runs this group's task, and the groups opened by this group's children.
+        self._parent: ScopedChildGroup | None = None
+        self._subgroups: set[ScopedChildGroup] | None = None
 
     # TaskGroupLike: the group is its own cancel scope.
     @property
@@ -114,9 +133,14 @@ class ScopedChildGroup:
         self._cancel_children()
 
     def _cancel_children(self) -> None:
+        if self.cancelled:
+            return  # children started since were started cancelled; so were the subgroups' children
         self.cancelled = True
         for scope in self._child_scopes:
             scope.cancel()
+        if self._subgroups:
+            for group in list(self._subgroups):
+                group._cancel_children()
 
     def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child: a task of the context's group, inside a scope of this group."""
@@ -134,9 +158,15 @@ class ScopedChildGroup:
     async def _run_child(
         self, scope: anyio.CancelScope, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
     ) -> None:
+        _enclosing_group.set(self)  # this task's context only: a group opened in it nests in this one
         try:
             with scope:
                 await fn(*args)
+            if scope.cancelled_caught:
+                self._child_cancelled = True
+        except anyio.get_cancelled_exc_class():
+            self._child_cancelled = True  # cancelled by an outer scope (the context's): it propagates
+            raise
         finally:
             self._child_done(scope)
 
@@ -153,17 +183,36 @@ class ScopedChildGroup:
             await idle.wait()
 
     async def __aenter__(self) -> ScopedChildGroup:
+        parent = _enclosing_group.get()
+        if parent is not None and parent._running:  # (none running: a stale context, not a child of it)
+            self._parent = parent
+            if parent._subgroups is None:
+                parent._subgroups = set()
+            parent._subgroups.add(self)
+            if parent.cancelled:
+                self.cancelled = True  # this task is in a cancelled tree: so are its children
         self.host_scope.__enter__()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
+        try:
+            return await self._exit(exc_type, exc, tb)
+        finally:
+            parent = self._parent
+            if parent is not None and parent._subgroups is not None:
+                parent._subgroups.discard(self)
+                self._parent = None
+
+    async def _exit(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         # The host scope is never cancelled here: its __exit__ must tell a cancellation it delivered itself
         # (the call was cancelled: swallowed) from an outer one (propagated).
         if exc is not None:
             self._cancel_children()  # as a task group does when its body raises (a cancellation included)
-        if self._running:
+        if self._running or self._child_cancelled:
             try:
                 await self._wait_for_children()
                 # asyncio delivers a cancellation to a waiting task in a later loop round: children cancelled
@@ -189,6 +238,8 @@ def open_call_group(
     return ScopedChildGroup(spawn)
 
 
+#: The scoped child group whose child is the current task (asyncio only): a call group opened in it nests in it.
+_enclosing_group: ContextVar[ScopedChildGroup | None] = ContextVar("miniagents_enclosing_group", default=None)
 current_context: ContextVar[MiniAgents | None] = ContextVar("miniagents_context", default=None)
 current_call: ContextVar[AgentCall | None] = ContextVar("miniagents_call", default=None)
 
