@@ -40,10 +40,6 @@ class TaskOwner(Protocol):
 class CancelScopeLike(Protocol):
     """What the runtime uses of a cancel scope (anyio's and trio's both fit)."""
 
-    @property
-    def cancelled_caught(self) -> bool:
-        """Whether the scope caught a cancellation it delivered."""
-
     def cancel(self) -> None:
         """Cancel everything inside the scope."""
 
@@ -119,13 +115,8 @@ class ScopedChildGroup:
     # TaskGroupLike: the group is its own cancel scope.
     @property
     def cancel_scope(self) -> ScopedChildGroup:
-        """The group itself (``cancel()`` and ``cancelled_caught`` cover the body and every child)."""
+        """The group itself (``cancel()`` covers the body and every child)."""
         return self
-
-    @property
-    def cancelled_caught(self) -> bool:
-        """Whether the body's scope caught the cancellation it delivered."""
-        return self.host_scope.cancelled_caught
 
     def cancel(self) -> None:
         """Cancel the body and every child, including children started later."""
