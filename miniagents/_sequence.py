@@ -320,14 +320,18 @@ class SequenceBuilder:
             self._ordered.append([iter((messages,))])
             return
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
-            if self._persist is None:
-                buffer.pieces.append(messages)  # ReplayBuffer.append, inlined: once per message per hop
-                event = buffer._event
-                if event is not None:
-                    buffer._event = None
-                    event.set()
-            else:
-                self._append(messages)
+            buffer.pieces.append(messages)  # _append, inlined: this runs once per message per hop
+            event = buffer._event
+            if event is not None:
+                buffer._event = None
+                event.set()
+            persist = self._persist
+            if persist is not None:
+                if isinstance(messages, Message):
+                    if messages._persisted_in != self._activation:
+                        persist(messages)
+                else:
+                    messages.add_done_callback(persist)
             return
         stack: list[Iterator[Any]] = [iter((messages,))]
         head = self._flatten_ready(stack)
