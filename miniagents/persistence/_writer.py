@@ -42,8 +42,10 @@ _INSERT_HEAD = (
     "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, fields, nested, stored_at)"
 )
 _INSERT_ROW = _INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-# Content-only messages: fields and nested take their defaults (fewer values to bind per row).
-_INSERT_SIMPLE_HEAD = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, class, content, stored_at)"
+# Content-only messages: fields and nested take their defaults, and class and stored_at are bound once per
+# statement (constants, after the row columns): four values to bind per row instead of eight.
+_INSERT_SIMPLE_HEAD = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, content, class, stored_at)"
+_SIMPLE_WIDTH = 4
 #: Bound values per statement when SQLite cannot tell (its limit before 3.32, and on Python 3.10).
 _MIN_VARIABLES = 999
 #: Rows per multi-row INSERT at most (a power of two; larger statements gain nothing measurable).
@@ -51,36 +53,56 @@ _MAX_ROWS_PER_INSERT = 4096
 
 
 @functools.lru_cache(maxsize=64)
-def _values_sql(head: str, width: int, rows: int) -> str:
+def _values_sql(head: str, width: int, rows: int, constants: int) -> str:
     row = "(" + ",".join("?" * width) + ")"
-    return f"{head} VALUES {','.join([row] * rows)}"
+    values = ",".join([row] * rows)
+    if not constants:
+        return f"{head} VALUES {values}"
+    columns = ", ".join(f"column{i + 1}" for i in range(width))
+    return f"{head} SELECT {columns}, {','.join('?' * constants)} FROM (VALUES {values})"
+
+
+def insert_flat(
+    db: sqlite3.Connection,
+    head: str,
+    width: int,
+    values: Sequence[Any],
+    max_variables: int,
+    constants: Sequence[Any] = (),
+) -> None:
+    """``INSERT`` the rows laid end to end in *values* (*width* values each) with multi-row statements.
+
+    ``executemany`` runs one SQLite step per row and releases and re-takes the GIL around each: with the
+    event loop busy in the other thread, every re-take waits for it.  One statement of up to 4096 rows binds
+    all of them (with the GIL, as ``executemany`` does) and then inserts them in one step without it: about a
+    quarter less CPU, and the insert proper runs in parallel with the event loop.  *constants* are values the
+    same in every row (the last columns of *head*): bound once per statement, not once per row.  Statement
+    sizes are powers of two, so a handful of prepared statements (cached by ``sqlite3``) serve every batch.
+    """
+    count = len(values) // width
+    if not count:
+        return
+    size = _MAX_ROWS_PER_INSERT
+    while size > 1 and size * width + len(constants) > max_variables:
+        size >>= 1
+    start = 0
+    while start < count:
+        while size > count - start:
+            size >>= 1
+        chunk = values[start * width : (start + size) * width]
+        db.execute(
+            _values_sql(head, width, size, len(constants)),
+            [*constants, *chunk] if constants else chunk,
+        )
+        start += size
 
 
 def insert_rows(
     db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], max_variables: int
 ) -> None:
-    """``INSERT`` *rows* (tuples of one width) with multi-row ``VALUES`` statements, not one step per row.
-
-    ``executemany`` runs one SQLite step per row and releases and re-takes the GIL around each: with the
-    event loop busy in the other thread, every re-take waits for it.  One statement of up to 4096 rows binds
-    all of them (with the GIL, as ``executemany`` does) and then inserts them in one step without it: about a
-    quarter less CPU, and the insert proper runs in parallel with the event loop.  Statement sizes are powers
-    of two, so a handful of prepared statements (cached by ``sqlite3``) serve every batch size.
-    """
-    if not rows:
-        return
-    width = len(rows[0])
-    size = _MAX_ROWS_PER_INSERT
-    while size * width > max_variables:
-        size >>= 1
-    start, count = 0, len(rows)
-    while start < count:
-        while size > count - start:
-            size >>= 1
-        db.execute(
-            _values_sql(head, width, size), list(itertools.chain.from_iterable(rows[start : start + size]))
-        )
-        start += size
+    """``INSERT`` *rows* (tuples of one width) with multi-row ``VALUES`` statements (see :func:`insert_flat`)."""
+    if rows:
+        insert_flat(db, head, len(rows[0]), list(itertools.chain.from_iterable(rows)), max_variables)
 
 
 def max_variables(db: sqlite3.Connection) -> int:
@@ -311,7 +333,8 @@ class Writer:
             next_id: int = db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
             new: dict[str, int] = {}
             rows: list[tuple[Any, ...]] = []  # full rows (_INSERT_HEAD)
-            simple_rows: list[tuple[Any, ...]] = []  # content-only rows (_INSERT_SIMPLE_HEAD)
+            # Content-only rows by class, laid end to end: id, key_prefix, hash_key, content (_INSERT_SIMPLE_HEAD).
+            simple_rows: dict[str, list[Any]] = {}
             refs: list[tuple[int, int, int]] = []
 
             def ensure(message: Message) -> int:
@@ -344,7 +367,10 @@ class Writer:
                     extra = item._extra
                     if cls is not None and (extra is EMPTY or not extra):  # content only: no encoding at all
                         new[key] = next_id
-                        simple_rows.append((next_id, prefix_of(key), key, cls, item.content, now))
+                        flat = simple_rows.get(cls)
+                        if flat is None:
+                            flat = simple_rows[cls] = []
+                        flat += (next_id, prefix_of(key), key, item.content)
                         next_id += 1
                     else:
                         ensure(item)
@@ -353,14 +379,15 @@ class Writer:
                     calls.append((item, inputs, self._ids_of(item.reply_messages, ensure)))
             if rows or simple_rows:
                 before = db.total_changes
-                insert_rows(db, _INSERT_SIMPLE_HEAD, simple_rows, self._max_variables)
+                for cls, flat in simple_rows.items():
+                    insert_flat(db, _INSERT_SIMPLE_HEAD, _SIMPLE_WIDTH, flat, self._max_variables, (cls, now))
                 insert_rows(db, _INSERT_HEAD, rows, self._max_variables)
                 inserted = db.total_changes - before
-                if inserted != len(rows) + len(simple_rows):
+                if inserted != len(new):
                     # Some were stored already (an earlier run, another process), or share a key prefix.
                     remap, collided = self._existing(db, new)
                     if collided:
-                        inserted += self._store_collided(db, collided, rows, simple_rows, new, remap)
+                        inserted += self._store_collided(db, collided, rows, simple_rows, now, new, remap)
                     if remap:
                         refs = [(remap.get(p, p), pos, remap.get(c, c)) for p, pos, c in refs]
                         calls = [
@@ -432,7 +459,8 @@ class Writer:
         db: sqlite3.Connection,
         collided: list[str],
         rows: list[tuple[Any, ...]],
-        simple_rows: list[tuple[Any, ...]],
+        simple_rows: dict[str, list[Any]],
+        now: float,
         new: dict[str, int],
         remap: dict[int, int],
     ) -> int:
@@ -442,7 +470,10 @@ class Writer:
         how many rows were added.
         """
         by_key = {row[2]: row for row in rows}
-        by_key.update((row[2], (*row[:5], None, 0, row[5])) for row in simple_rows)
+        for cls, flat in simple_rows.items():
+            for i in range(0, len(flat), _SIMPLE_WIDTH):
+                message_id, prefix, key, content = flat[i : i + _SIMPLE_WIDTH]
+                by_key[key] = (message_id, prefix, key, cls, content, None, 0, now)
         added = 0
         for key in collided:
             found = db.execute(

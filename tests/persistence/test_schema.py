@@ -122,3 +122,24 @@ def test_multi_row_inserts_store_every_row_within_the_variable_limit(
     rows = [tuple(range(n * width, (n + 1) * width)) for n in range(count)]
     _writer.insert_rows(db, "INSERT INTO t", rows, _writer.max_variables(db))
     assert db.execute("SELECT * FROM t ORDER BY rowid").fetchall() == rows
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3 Connection.setlimit is Python 3.11+")
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(0, 9000),
+    width=st.integers(1, 6),
+    constants=st.lists(st.text(max_size=3), min_size=1, max_size=2),
+    limit=st.sampled_from([8, 999, 32766]),
+)
+def test_multi_row_inserts_bind_constants_once_per_statement_into_every_row(
+    count: int, width: int, constants: list[str], limit: int
+) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    columns = [f"c{i}" for i in range(width + len(constants))]
+    db.execute(f"CREATE TABLE t ({', '.join(columns)})")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    values = list(range(count * width))
+    _writer.insert_flat(db, f"INSERT INTO t ({', '.join(columns)})", width, values, limit, constants)
+    expected = [(*values[n * width : (n + 1) * width], *constants) for n in range(count)]
+    assert db.execute("SELECT * FROM t ORDER BY rowid").fetchall() == expected

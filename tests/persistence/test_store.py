@@ -92,6 +92,39 @@ async def test_typed_round_trip_with_subclasses_and_nested_messages_stored_once(
         assert db.execute("SELECT count(*) FROM message_refs").fetchone()[0] == 4
 
 
+@attrs.frozen(kw_only=True)
+class Shout(TextMessage):
+    """Content only, like ``TextMessage``: stored on the writer's content-only path under its own class."""
+
+
+async def test_content_only_messages_of_several_classes_in_one_batch_keep_their_classes_and_order(
+    tmp_path: Path,
+) -> None:
+    @miniagent
+    async def mixed(ctx: InteractionContext) -> None:
+        for i in range(3000):  # one batch, several multi-row statements per class, classes interleaved
+            ctx.reply(Shout(content=f"s{i}") if i % 3 == 0 else f"t{i}")
+            if i % 500 == 0:
+                ctx.reply(Message(content=f"plain{i}"))  # a content-only base Message, a third class
+
+    store = SQLiteStore(_db(tmp_path))
+    async with MiniAgents(store=store):
+        replies = await mixed.inquire()
+    async with store:
+        (call,) = await store.calls(agent_alias="mixed")
+        stored = await store.replies(call)
+        assert stored == list(replies)
+        assert [type(m) for m in stored] == [type(m) for m in replies]
+        assert {type(m) for m in stored} == {Shout, TextMessage, Message}
+    with sqlite3.connect(store.path) as db:
+        classes = dict(db.execute("SELECT class, count(*) FROM messages GROUP BY class").fetchall())
+        assert classes == {
+            f"{__name__}:Shout": 1000,
+            "miniagents._messages:TextMessage": 2000,
+            "miniagents._messages:Message": 6,
+        }
+
+
 async def test_schema_is_versioned_wal_and_migrated_from_an_older_version(tmp_path: Path) -> None:
     path = _db(tmp_path)
     with sqlite3.connect(path, isolation_level=None) as db:
