@@ -29,6 +29,7 @@ import attrs
 import sniffio
 
 from miniagents._exceptions import MiniAgentsError, NoActiveContextError
+from miniagents._frozen import EMPTY
 from miniagents._limits import RateLimiter
 from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 from miniagents._observe import CallObserver, resolve_observers
@@ -286,15 +287,23 @@ class MiniAgents:
         if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
         _set_slot(message, "_persisted_in", activation)
-        key = message.hash_key
+        key = message._hash_key_cache or message.hash_key
         seen = self._seen
         if key in seen:
             return
         seen.add(key)
-        if message._extra or _CONTENT_ONLY_PREFIX[type(message)] is None:  # it may hold messages
+        extra = message._extra
+        # ``extra is EMPTY`` first: the truth test of a FrozenDict is a Python-level __len__ call.
+        if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[
+            type(message)
+        ] is None:  # it may hold messages
             for sub in message.sub_messages():
                 self.persist(sub)
-        self._enqueue(message)
+        self._persist_queue.append(message)  # _enqueue, inlined
+        event = self._persist_event
+        if event is not None:
+            self._persist_event = None
+            event.set()
 
     def record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""

@@ -192,7 +192,8 @@ class Message:
         key = self._hash_key_cache
         if key is None:
             prefix = _CONTENT_ONLY_PREFIX[type(self)]
-            if prefix is not None and not self._extra:
+            extra = self._extra
+            if prefix is not None and (extra is EMPTY or not extra):
                 # Content only: the canonical JSON, written directly (keys in sorted order).
                 canonical = prefix + _json_string(self.content) + "}"
             else:
