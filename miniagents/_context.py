@@ -287,7 +287,7 @@ class MiniAgents:
         if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
         _set_slot(message, "_persisted_in", activation)
-        key = message._hash_key_cache or message.hash_key
+        key = message.hash_key
         seen = self._seen
         if key in seen:
             return
