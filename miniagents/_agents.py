@@ -696,6 +696,8 @@ def _outcome(failure: BaseException | None, *, cancelled: bool) -> CallOutcome:
 
 
 def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:
+    if all(map(isinstance, items, itertools.repeat(Message))):  # the common case, at C speed (1M-item calls)
+        return tuple(items)  # type: ignore[arg-type]
     result: list[Message] = []
     for item in items:
         if isinstance(item, Message):
