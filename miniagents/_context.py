@@ -293,10 +293,9 @@ class MiniAgents:
             return
         seen.add(key)
         extra = message._extra
-        # ``extra is EMPTY`` first: the truth test of a FrozenDict is a Python-level __len__ call.
-        if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[
-            type(message)
-        ] is None:  # it may hold messages
+        # It may hold messages when it has extra fields or declared ones.  (``extra is EMPTY`` first: the
+        # truth test of a FrozenDict is a Python-level __len__ call.)
+        if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[type(message)] is None:
             for sub in message.sub_messages():
                 self.persist(sub)
         self._persist_queue.append(message)  # _enqueue, inlined

@@ -43,7 +43,7 @@ _INSERT_HEAD = (
 )
 _INSERT_ROW = _INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # Content-only messages: fields and nested take their defaults, and class and stored_at are bound once per
-# statement (constants, after the row columns): four values to bind per row instead of eight.
+# statement (constants, after the row columns): four values to bind per row instead of six.
 _INSERT_SIMPLE_HEAD = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, content, class, stored_at)"
 _SIMPLE_WIDTH = 4
 #: Bound values per statement when SQLite cannot tell (its limit before 3.32, and on Python 3.10).
