@@ -131,13 +131,14 @@ async def test_tokens_per_minute_reserves_then_settles() -> None:
     clock = ManualClock()
     limiter = RateLimiter(default=RateLimit(tokens_per_minute=100), clock=clock)
     granted: list[tuple[str, float]] = []
-    settle_first = anyio.Event()
+    settle_first, release_first = anyio.Event(), anyio.Event()
 
     async def first() -> None:
         async with limiter.acquire("k", tokens=80) as lease:
             granted.append(("first", clock.now()))
             await settle_first.wait()
-            lease.settle(30)  # frees 50 at once, while still held
+            lease.settle(30)  # the usage is known while the response is still being drained
+            await release_first.wait()
 
     async def second() -> None:
         async with limiter.acquire("k", tokens=60):
@@ -150,7 +151,11 @@ async def test_tokens_per_minute_reserves_then_settles() -> None:
         await wait_all_tasks_blocked()
         assert granted == [("first", 0.0)] and stats(limiter).waiting == 1
         settle_first.set()
-    assert granted == [("first", 0.0), ("second", 0.0)]
+        await wait_all_tasks_blocked()
+        # settle() frees 50 at once: 30 settled + 60 reserved fit in 100 while the first lease is still held.
+        assert granted == [("first", 0.0), ("second", 0.0)]
+        assert stats(limiter).in_flight == 1
+        release_first.set()
     assert stats(limiter).tokens_in_window == 90
 
 

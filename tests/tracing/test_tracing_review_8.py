@@ -1,4 +1,4 @@
-"""Review of issue #8 (rate limits, tracing): each test pins a defect found in review, or the execute_tool spans."""
+"""Review of issue #8, tracing half: each test pins a defect found in review, or the execute_tool spans."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ import json
 import anyio
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from tracing_helpers import Traces
 
-from miniagents import InteractionContext, MiniAgents, RateLimit, RateLimiter, miniagent
+from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.llms import openai_agent
 from miniagents.testing import FakeLLMServer, ToolCall, openai_stream
-from miniagents.testing.limits import ManualClock, wait_all_tasks_blocked
 from miniagents.tracing import CAPTURE_CONTENT_ENV, TracingOptions
 
 pytestmark = pytest.mark.anyio
@@ -29,64 +26,8 @@ def _no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class Spans:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-
-    @property
-    def all(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.all if s.name == name]
-
-    def parent(self, span: ReadableSpan) -> ReadableSpan | None:
-        if span.parent is None:
-            return None
-        return next((s for s in self.all if s.context.span_id == span.parent.span_id), None)
-
-
-@pytest.fixture
-def spans() -> Spans:
-    return Spans()
-
-
-# -- settle() while the lease is held frees capacity at once (as the module docstring promises) ---------------
-async def test_settle_while_held_frees_capacity_for_a_waiter_at_once() -> None:
-    limiter = RateLimiter(default=RateLimit(tokens_per_minute=100), clock=ManualClock())
-    granted: list[str] = []
-    settle, done = anyio.Event(), anyio.Event()
-
-    async def first() -> None:
-        async with limiter.acquire("k", tokens=80) as lease:
-            granted.append("first")
-            await settle.wait()
-            lease.settle(30)  # the usage is known while the response is still being drained
-            await done.wait()
-
-    async def second() -> None:
-        async with limiter.acquire("k", tokens=60):
-            granted.append("second")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first)
-        await wait_all_tasks_blocked()
-        tg.start_soon(second)
-        await wait_all_tasks_blocked()
-        assert granted == ["first"] and limiter.statistics()["k"].waiting == 1
-        settle.set()
-        await wait_all_tasks_blocked()
-        # 30 settled + 60 reserved fit in 100 while the first lease is still held.
-        assert granted == ["first", "second"]
-        assert limiter.statistics()["k"].in_flight == 1
-        done.set()
-    assert limiter.statistics()["k"].tokens_in_window == 90
-
-
 # -- a nested MiniAgents(tracing=False) inside a traced call is not traced -------------------------------------
-async def test_a_nested_untraced_context_makes_no_llm_spans_and_sends_no_traceparent(spans: Spans) -> None:
+async def test_a_nested_untraced_context_makes_no_llm_spans_and_sends_no_traceparent(traces: Traces) -> None:
     async with FakeLLMServer.serve() as server:
         server.enqueue(openai_stream(["inner"]), openai_stream(["outer"]))
 
@@ -101,15 +42,15 @@ async def test_a_nested_untraced_context_makes_no_llm_spans_and_sends_no_tracepa
                 openai_agent.inquire("hi", model="outer-model", api_key=KEY, base_url=server.openai_base_url)
             )
 
-        async with MiniAgents(tracing=spans.provider):
+        async with MiniAgents(tracing=traces.provider):
             replies = await outer.inquire()
         assert [str(r) for r in replies] == ["inner", "outer"]
         requests = list(server.requests)
     assert [json.loads(r.body)["model"] for r in requests] == ["inner-model", "outer-model"]
     assert "traceparent" not in requests[0].headers  # the untraced context's request
     assert "traceparent" in requests[1].headers
-    assert spans.named("chat inner-model") == []
-    assert len(spans.named("chat outer-model")) == 1
+    assert traces.named("chat inner-model") == []
+    assert len(traces.named("chat outer-model")) == 1
 
 
 # -- execute_tool spans for the function tools an LLM agent runs -----------------------------------------------
@@ -149,8 +90,8 @@ def _turns() -> list[object]:
     ]
 
 
-async def test_function_tools_get_execute_tool_spans_under_the_llm_call(spans: Spans) -> None:
-    provider = spans.provider
+async def test_function_tools_get_execute_tool_spans_under_the_llm_call(traces: Traces) -> None:
+    provider = traces.provider
     USER_TRACER[0] = provider.get_tracer("user")
     async with FakeLLMServer.serve() as server:
         server.enqueue(*_turns())  # type: ignore[arg-type]
@@ -167,17 +108,17 @@ async def test_function_tools_get_execute_tool_spans_under_the_llm_call(spans: S
         finally:
             USER_TRACER[0] = trace.NoOpTracer()
         assert str(replies[-1]) == "Done."
-    call = next(s for s in spans.all if s.name == "assistant")
+    call = next(s for s in traces.spans if s.name == "assistant")
     tool_spans = {
-        s.attributes["gen_ai.tool.name"]: s for s in spans.all if s.name.startswith("execute_tool ")
+        s.attributes["gen_ai.tool.name"]: s for s in traces.spans if s.name.startswith("execute_tool ")
     }
     # Agent tools already have their call span; function tools (and a tool the model made up) get one each.
     assert set(tool_spans) == {"lookup", "broken", "missing"}
-    assert [s.name for s in spans.all].count("adder") == 1
+    assert [s.name for s in traces.spans].count("adder") == 1
     ok, failed, unknown = tool_spans["lookup"], tool_spans["broken"], tool_spans["missing"]
     for span in tool_spans.values():
         assert span.kind is SpanKind.INTERNAL
-        assert spans.parent(span) is call
+        assert traces.parent(span) is call
         assert span.attributes["gen_ai.operation.name"] == "execute_tool"
         assert span.attributes["gen_ai.tool.type"] == "function"
         assert "gen_ai.tool.call.arguments" not in span.attributes  # content only on opt-in
@@ -187,8 +128,8 @@ async def test_function_tools_get_execute_tool_spans_under_the_llm_call(spans: S
     assert ok.attributes["gen_ai.tool.call.id"] == "call-1"
     assert ok.attributes["gen_ai.tool.description"] == "Look a term up."
     assert ok.status.status_code is StatusCode.UNSET and "error.type" not in ok.attributes
-    (user_span,) = spans.named("user work")
-    assert spans.parent(user_span) is ok  # the tool span is current while the tool runs
+    (user_span,) = traces.named("user work")
+    assert traces.parent(user_span) is ok  # the tool span is current while the tool runs
     assert failed.attributes["gen_ai.tool.call.id"] == "call-2"
     assert failed.attributes["error.type"] == "ValueError"
     assert failed.status.status_code is StatusCode.ERROR
@@ -196,22 +137,22 @@ async def test_function_tools_get_execute_tool_spans_under_the_llm_call(spans: S
     assert unknown.attributes["error.type"] == "LookupError"
 
 
-async def test_tool_arguments_and_results_are_captured_only_on_opt_in(spans: Spans) -> None:
+async def test_tool_arguments_and_results_are_captured_only_on_opt_in(traces: Traces) -> None:
     async with FakeLLMServer.serve() as server:
         server.enqueue(*_turns())  # type: ignore[arg-type]
-        tracing = TracingOptions(tracer_provider=spans.provider, capture_message_content=True)
+        tracing = TracingOptions(tracer_provider=traces.provider, capture_message_content=True)
         async with MiniAgents(tracing=tracing):
             await openai_agent.inquire(
                 "go", model="m", api_key=KEY, base_url=server.openai_base_url, tools=[lookup, broken, adder]
             )
-    (ok,) = spans.named("execute_tool lookup")
-    (failed,) = spans.named("execute_tool broken")
+    (ok,) = traces.named("execute_tool lookup")
+    (failed,) = traces.named("execute_tool broken")
     assert json.loads(str(ok.attributes["gen_ai.tool.call.arguments"])) == {"term": "otel"}
     assert ok.attributes["gen_ai.tool.call.result"] == "otel: found"
     assert "gen_ai.tool.call.result" not in failed.attributes  # a result only when the tool succeeded
 
 
-async def test_a_cancelled_tool_span_ends_once_as_cancelled(spans: Spans) -> None:
+async def test_a_cancelled_tool_span_ends_once_as_cancelled(traces: Traces) -> None:
     started = anyio.Event()
 
     async def slow(term: str) -> str:
@@ -222,13 +163,13 @@ async def test_a_cancelled_tool_span_ends_once_as_cancelled(spans: Spans) -> Non
 
     async with FakeLLMServer.serve() as server:
         server.enqueue(openai_stream(tool_calls=[ToolCall("slow", {"term": "t"}, id="c")]))
-        async with MiniAgents(tracing=spans.provider):
+        async with MiniAgents(tracing=traces.provider):
             call = openai_agent.initiate_call(
                 model="m", api_key=KEY, base_url=server.openai_base_url, tools=[slow]
             )
             call.send("go").finish()
             await started.wait()
             call.cancel()
-    (span,) = spans.named("execute_tool slow")
+    (span,) = traces.named("execute_tool slow")
     assert span.status.status_code is StatusCode.UNSET
     assert [e.name for e in span.events] == ["miniagents.tool.cancelled"]
