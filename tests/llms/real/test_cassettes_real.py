@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,30 @@ async def check_cross_backend(test: str, path: Path, live: Any, replay: Any) -> 
     _RECORDED.setdefault(test, []).append((path, live))
 
 
+Run = Callable[[str, str], Awaitable[Transcript]]
+
+
+async def record_one_reply(path: Path, run: Run, base_url: str, api_key: str) -> Transcript:
+    """Record *run* against the real server: one exchange, one streamed reply whose tokens make its content."""
+    async with Cassette(path, mode="record") as cassette:
+        live = await run(base_url, api_key)
+    assert cassette.statistics().recorded == 1
+    tokens, messages, error = live
+    assert error is None and len(messages) == 1
+    assert len(tokens[0]) >= 2 and "".join(tokens[0]) == messages[0]["content"]
+    return live
+
+
+async def replay_offline(test: str, path: Path, live: Transcript, run: Run, base_url: str) -> None:
+    """Replay *path* with *run* pointed at *base_url* (nothing listening) under other keys: same transcript."""
+    async with Cassette(path, mode="replay") as cassette:
+        replayed = await run(base_url, "sk-another-key-for-replay")
+    assert replayed == live  # tokens (chunk for chunk), content, usage, finish_reason, model, ids
+    stats = cassette.statistics()
+    assert (stats.loaded, stats.replayed, stats.unused, stats.unmatched) == (1, 1, 0, 0)
+    await check_cross_backend(test, path, live, lambda: run(base_url, "sk-x-other-key"))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 1. OpenAI Chat Completions (llama-cpp-python)
 def chat_agent(model: str, base_url: str, api_key: str) -> Any:
@@ -97,23 +122,13 @@ async def check_openai_chat(server: LocalLLMServer, api_key: str, path: Path, te
             result = await transcript(llm.inquire("Write a sentence about rivers.", system="Be brief."))
         return result
 
-    async with Cassette(path, mode="record") as cassette:
-        live = await run(server.base_url, api_key)
-    assert cassette.statistics().recorded == 1
-    tokens, messages, error = live
-    assert error is None and len(messages) == 1
-    assert len(tokens[0]) >= 2 and "".join(tokens[0]) == messages[0]["content"]
+    live = await record_one_reply(path, run, server.base_url, api_key)
+    _, messages, _ = live
     assert messages[0]["provider"] == "openai" and messages[0]["finish_reason"] in ("stop", "length")
     assert messages[0]["model"] and messages[0]["response_id"]
     raw = file_bytes(path)
     assert api_key.encode() not in raw and b"authorization" not in raw.lower()
-
-    async with Cassette(path, mode="replay") as cassette:
-        replayed = await run(closed_port_url() + "/v1", "sk-another-key-for-replay")
-    assert replayed == live  # tokens (chunk for chunk), content, usage, finish_reason, model, ids
-    stats = cassette.statistics()
-    assert (stats.loaded, stats.replayed, stats.unused, stats.unmatched) == (1, 1, 0, 0)
-    await check_cross_backend(test, path, live, lambda: run(closed_port_url() + "/v1", "sk-x-other-key"))
+    await replay_offline(test, path, live, run, closed_port_url() + "/v1")
     return live
 
 
@@ -213,22 +228,12 @@ async def test_anthropic_messages_replay_identically_offline(
             result = await transcript(llm.inquire("Write a sentence about mountains.", system="Be brief."))
         return result
 
-    async with Cassette(path, mode="record") as cassette:
-        live = await run(llama_server.url, API_KEY)
-    assert cassette.statistics().recorded == 1
-    tokens, messages, error = live
-    assert error is None and len(messages) == 1
-    assert len(tokens[0]) >= 2 and "".join(tokens[0]) == messages[0]["content"]
+    live = await record_one_reply(path, run, llama_server.url, API_KEY)
+    _, messages, _ = live
     assert messages[0]["provider"] == "anthropic"
     assert messages[0]["finish_reason"] in ("end_turn", "max_tokens", "stop_sequence")
     assert messages[0]["usage"]["output_tokens"] >= 1 and messages[0]["response_id"]
-
-    async with Cassette(path, mode="replay") as cassette:
-        replayed = await run(closed_port_url(), "wrong-key-the-server-would-refuse")
-    assert replayed == live
-    stats = cassette.statistics()
-    assert (stats.loaded, stats.replayed, stats.unused, stats.unmatched) == (1, 1, 0, 0)
-    await check_cross_backend("messages", path, live, lambda: run(closed_port_url(), "another-wrong-key"))
+    await replay_offline("messages", path, live, run, closed_port_url())  # keys the server would refuse
 
 
 # --------------------------------------------------------------------------------------------------------------
