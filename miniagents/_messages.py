@@ -9,6 +9,9 @@ Identity: ``msg.hash_key`` is a SHA-256 over a canonical JSON form of the messag
 class and the field values, so it is the same in every process and across restarts (persistence keys on it).
 The canonical form agrees with ``==``: values that compare equal (``1``, ``1.0``, ``True``, ``Decimal("1")``;
 the same instant in two time zones) encode the same, so equal messages always have equal keys.
+
+Pickling and ``copy`` carry the class and the field values only, never the state a message gathers in one
+process (its cached key, the mark of the persistence run that queued it).
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import hashlib
 import importlib
+import inspect
 import json
 import keyword
 import math
 import pathlib
 import sys
 import uuid
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -69,6 +74,75 @@ _sha256 = hashlib.sha256
 _set_slot = object.__setattr__
 
 
+class _NoContent:
+    """The default of ``content=`` in :class:`Message`'s constructor: tells "not given" from ``content=""``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no content given>"
+
+
+_NO_CONTENT: Any = _NoContent()
+
+
+def _positional_content(cls: type[Message], args: tuple[Any, ...], also_by_keyword: bool) -> Any:
+    """Return the content given positionally to ``cls(...)``, or raise ``TypeError`` naming the problem."""
+    name = cls.__name__
+    if len(args) > 1:
+        raise TypeError(
+            f"{name}() takes the content as its only positional argument, but {len(args)} positional "
+            "arguments were given; pass the other fields by keyword"
+        )
+    if also_by_keyword:
+        raise TypeError(
+            f"{name}() got the content both as a positional argument and as content=; give it once"
+        )
+    return args[0]
+
+
+def _accept_positional_content(cls: type[Message]) -> None:
+    """Let *cls*'s own ``__init__`` take the content positionally, if it takes ``content`` keyword-only only.
+
+    That is the ``__init__`` attrs generates for ``@attrs.frozen(kw_only=True)`` subclasses:
+    ``(self, *, content='', extra=..., priority=0)``.  It is wrapped, and the wrapper's signature says
+    ``(self, content='', *, extra=..., priority=0)``.  An inherited ``__init__`` (``init=False``) already
+    accepts it; an ``__init__`` with positional parameters of its own is left as it is.
+    """
+    init = cls.__dict__.get("__init__")
+    if init is None or not callable(init):
+        return
+    try:
+        signature = inspect.signature(init)
+    except (TypeError, ValueError):  # pragma: no cover - a C-level or otherwise opaque __init__
+        return
+    params = list(signature.parameters.values())[1:]  # after self
+    content = signature.parameters.get("content")
+    if (
+        content is None
+        or content.kind is not inspect.Parameter.KEYWORD_ONLY
+        or any(
+            p.kind is not inspect.Parameter.KEYWORD_ONLY and p.kind is not inspect.Parameter.VAR_KEYWORD
+            for p in params
+        )
+    ):
+        return
+    wrapped: Any = init
+
+    def __init__(self: Message, *args: Any, **kwargs: Any) -> None:
+        if args:
+            kwargs["content"] = _positional_content(type(self), args, "content" in kwargs)
+        wrapped(self, **kwargs)
+
+    functools.update_wrapper(__init__, init)
+    params.remove(content)
+    first = list(signature.parameters.values())[:1]
+    __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*first, content.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD), *params]
+    )
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
 @attrs.frozen(kw_only=True, init=False, repr=False)
 class Message:
     """An immutable message.
@@ -80,10 +154,17 @@ class Message:
         class Note(Message):
             priority: int = 0
 
+    The content may also be given as the one positional argument, for every message class (subclasses
+    declared later included): ``TextMessage("hi")`` is ``TextMessage(content="hi")``, ``Note("hi",
+    priority=1)`` is ``Note(content="hi", priority=1)``; every other field is keyword-only.  Two positional
+    arguments, or the content given both ways, raise ``TypeError`` naming the class.  (A subclass whose
+    ``__init__`` takes positional parameters of its own, e.g. one declared with ``@attrs.frozen`` without
+    ``kw_only=True``, keeps exactly that signature.)
+
     Guarantees: values are deeply frozen (``dict`` → :class:`FrozenDict`, ``list`` → ``tuple``, ``set`` →
     ``frozenset``) and later mutation of the caller's objects changes nothing; a value that cannot be frozen
     raises ``TypeError`` naming its field path; ``str(msg)`` is ``msg.content``; equal messages of the same class
-    have equal :attr:`hash_key`.
+    have equal :attr:`hash_key`; a pickled or copied message equals the original (see :meth:`__reduce__`).
     """
 
     content: str = ""
@@ -93,7 +174,13 @@ class Message:
     # message through many agents then costs one identity check per hop, not a hash-set lookup.
     _persisted_in: int = attrs.field(default=0, init=False, eq=False, hash=False, repr=False)
 
-    def __init__(self, *, content: str = "", **extra: Any) -> None:
+    def __init__(self, *args: str, content: str = _NO_CONTENT, **extra: Any) -> None:
+        # ``*args`` holds the optional positional content: ``TextMessage("hi")``.  The keyword form is the hot
+        # path: it pays one truth test of the (shared) empty tuple and one identity test.
+        if args:
+            content = _positional_content(type(self), args, content is not _NO_CONTENT)
+        elif content is _NO_CONTENT:
+            content = ""
         if extra:
             cls = type(self)
             for name in extra:
@@ -118,9 +205,16 @@ class Message:
             frozen = freeze(value, name)
             if frozen is not value:
                 object.__setattr__(self, name, frozen)
-        if self._extra and type(self).__init__ is not Message.__init__:
-            # A subclass with an attrs-generated __init__ got ``extra=`` as a plain mapping.
-            extras = FrozenDict({n: freeze(v, n) for n, v in dict(self._extra).items()})
+        extra = self._extra
+        if extra is not EMPTY and type(self).__init__ is not Message.__init__:
+            # A subclass with an attrs-generated __init__ got ``extra=`` as given: a plain mapping, maybe an
+            # empty one (which must become EMPTY too, not stay a mutable, unhashable dict).
+            if not isinstance(extra, Mapping):
+                raise TypeError(
+                    f"{type(self).__name__}: extra= takes a mapping of field names to values, "
+                    f"got {type(extra).__name__}"
+                )
+            extras = FrozenDict({n: freeze(v, n) for n, v in dict(extra).items()}) if extra else EMPTY
             for name in extras:
                 _check_extra_name(type(self), name)
             object.__setattr__(self, "_extra", extras)
@@ -128,6 +222,27 @@ class Message:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _REGISTRY[class_path(cls)] = cls
+
+    @classmethod
+    def __attrs_init_subclass__(cls) -> None:
+        # Called by attrs (>= 24.1) once a subclass is fully built (after __init_subclass__, which for a
+        # slotted class runs while attrs is still building it): its generated __init__ is final here.
+        _accept_positional_content(cls)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and ``copy.copy`` / ``copy.deepcopy``) the fields only, never the per-process state.
+
+        The unpickled or copied message equals the original and has the same :attr:`hash_key`, but carries
+        neither the cached key (recomputed by the code of the process that reads it) nor the mark of the
+        persistence run that already queued the original (a run of another process could have the same
+        number and would skip the message).  Applies to every subclass (attrs' own ``__getstate__`` is not
+        used).
+        """
+        cls = type(self)
+        names = _PICKLED_FIELDS.get(cls)
+        if names is None:
+            names = _pickled_fields(cls)
+        return (_restore_message, (cls, {name: getattr(self, name) for name in names}))
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: extra fields live in ``_extra``.
@@ -251,6 +366,16 @@ class Message:
         return MessagePromise.from_token_stream(tokens, message_class=cls, **fields)
 
 
+# What help() and inspect.signature() show for Message, TextMessage, ErrorMessage (``*args`` takes one at most).
+Message.__init__.__signature__ = inspect.signature(Message.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("content", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation="str"),
+        inspect.Parameter("extra", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
+    ]
+)
+
+
 @attrs.frozen(kw_only=True, init=False, repr=False)
 class TextMessage(Message):
     """A message whose meaning is its text; what a ``str`` reply becomes."""
@@ -277,6 +402,50 @@ def text_message(content: str) -> TextMessage:
 
 
 _new_object = object.__new__
+
+
+_RUNTIME_SLOTS = frozenset({"_hash_key_cache", "_persisted_in"})
+_PICKLED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def _pickled_fields(cls: type[Message]) -> tuple[str, ...]:
+    names = tuple(a.name for a in attrs.fields(cls) if a.name not in _RUNTIME_SLOTS)
+    _PICKLED_FIELDS[cls] = names
+    return names
+
+
+def _restore_message(cls: type[_M], state: dict[str, Any]) -> _M:
+    """Rebuild a message pickled by :meth:`Message.__reduce__`, with fresh per-process state.
+
+    The field values were frozen when the original was built; they are set as they are (the constructor and
+    ``__attrs_post_init__`` do not run again, as with attrs' own unpickling).
+
+    Raises:
+        TypeError: *cls* is not a message class, or *state* does not hold exactly its fields (the class
+            changed between pickling and unpickling).
+
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Message)):
+        raise TypeError(f"cannot unpickle {cls!r} as a message: not a Message class")
+    names = _PICKLED_FIELDS.get(cls)
+    if names is None:
+        names = _pickled_fields(cls)
+    if len(state) != len(names) or not all(name in state for name in names):
+        missing = sorted(set(names) - set(state))
+        unknown = sorted(set(state) - set(names))
+        raise TypeError(
+            f"cannot unpickle a message of class {class_path(cls)!r}: its pickled fields do not match the "
+            f"class's (missing {missing}, unknown {unknown})"
+        )
+    message = _new_object(cls)
+    for name in names:
+        _set_slot(message, name, state[name])
+    extra = state.get("_extra")
+    if extra is not None and not extra:
+        _set_slot(message, "_extra", EMPTY)  # the shared empty one: the fast paths test it by identity
+    _set_slot(message, "_hash_key_cache", None)
+    _set_slot(message, "_persisted_in", 0)
+    return message
 
 
 # ----------------------------------------------------------------------------------------------------------------
