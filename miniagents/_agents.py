@@ -54,11 +54,20 @@ class MiniAgent:
 
     Agents are immutable and stateless; every :meth:`inquire` or :meth:`initiate_call` is a new call.  Create
     them with :func:`miniagent`.
+
+    Kwargs are checked against the function's declared keyword parameters (unless it takes ``**kwargs``).  A
+    function that takes ``**kwargs`` can have its kwargs checked by a *kwargs_validator*: it is called as
+    ``kwargs_validator(alias, kwargs)`` with the default kwargs when the agent is created (or forked) and with
+    the kwargs of each call (as given, before the defaults are merged in) when :meth:`initiate_call` /
+    :meth:`inquire` is called, each time only when there are any; it raises (``TypeError``, ``ValueError``) to
+    reject them, and that error is raised to the caller at once, before any call starts.  It is kept by
+    :meth:`fork`.
     """
 
     __slots__ = (
         "_accepts_any_kwargs",
         "_known_kwargs",
+        "_kwargs_validator",
         "_required_kwargs",
         "alias",
         "default_kwargs",
@@ -69,6 +78,7 @@ class MiniAgent:
     func: AgentFunction
     _accepts_any_kwargs: bool
     _known_kwargs: frozenset[str]
+    _kwargs_validator: Callable[[str, FrozenDict[str, Any]], object] | None
     _required_kwargs: frozenset[str]
     alias: str
     description: str | None
@@ -80,6 +90,7 @@ class MiniAgent:
         *,
         alias: str | None = None,
         description: str | None = None,
+        kwargs_validator: Callable[[str, FrozenDict[str, Any]], object] | None = None,
         **default_kwargs: Any,
     ) -> None:
         if not callable(func) or not _is_async_function(func):
@@ -95,6 +106,9 @@ class MiniAgent:
         unknown = self._unknown(self.default_kwargs)
         if unknown:
             raise TypeError(f"agent {self.alias!r} does not accept default kwargs {unknown}")
+        self._kwargs_validator = kwargs_validator
+        if kwargs_validator is not None and self.default_kwargs:
+            kwargs_validator(self.alias, self.default_kwargs)
 
     def _inspect_signature(self) -> None:
         try:
@@ -131,6 +145,9 @@ class MiniAgent:
 
     def _call_kwargs(self, kwargs: dict[str, Any]) -> FrozenDict[str, Any]:
         frozen = freeze_kwargs(kwargs)
+        validator = self._kwargs_validator
+        if validator is not None and frozen:
+            validator(self.alias, frozen)
         merged = self.default_kwargs | frozen if self.default_kwargs else frozen
         if not self._accepts_any_kwargs:
             unknown = self._unknown(frozen)
@@ -149,7 +166,8 @@ class MiniAgent:
 
         Raises:
             TypeError: a kwarg cannot be frozen (the message names its path), is unknown to the agent
-                function, or a required one is missing (the message names the agent).
+                function, or a required one is missing (the message names the agent); or what the agent's
+                ``kwargs_validator`` raises (``TypeError``, ``ValueError``).
             NoActiveContextError: no ``MiniAgents`` context is active.
 
         """
@@ -168,11 +186,20 @@ class MiniAgent:
         return call.reply_sequence()
 
     def fork(self, alias: str | None = None, description: str | None = None, **kwargs: Any) -> MiniAgent:
-        """Return a variant of this agent with more default kwargs (and optionally a new alias/description)."""
+        """Return a variant of this agent with more default kwargs (and optionally a new alias/description).
+
+        The variant keeps the agent's ``kwargs_validator``, which checks the new default kwargs at once.
+
+        Raises:
+            TypeError: a kwarg is unknown to the agent function or cannot be frozen; or what the
+                ``kwargs_validator`` raises (``TypeError``, ``ValueError``).
+
+        """
         return MiniAgent(
             self.func,
             alias=alias if alias is not None else self.alias,
             description=description if description is not None else self.description,
+            kwargs_validator=self._kwargs_validator,
             **{**self.default_kwargs, **kwargs},
         )
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from miniagents import InteractionContext, miniagent
+from miniagents import InteractionContext, MiniAgent
 from miniagents.llms._anthropic import AnthropicSpec
+from miniagents.llms._common import check_options
 from miniagents.llms._loop import run_llm_agent
 from miniagents.llms._openai import OpenAISpec
 
 __all__ = ["anthropic_agent", "openai_agent"]
 
 _OPTIONS_DOC = """
-    Options (keyword arguments of ``inquire()`` / ``fork()``):
+    Options (keyword arguments of ``inquire()`` / ``initiate_call()`` / ``fork()``; an unknown option or a
+    value of the wrong type raises ``TypeError`` / ``ValueError`` right there, naming the agent alias and
+    suggesting the closest option name for a typo; a missing ``model`` fails the call when it starts):
         model: the model name (required).
         system: the system prompt.
         temperature, top_p: sampling parameters (sent only when given).
@@ -62,7 +65,13 @@ _OPTIONS_DOC = """
 
     Input: the call's messages form the conversation.  Messages with ``role="assistant"`` (what LLM agents
     reply) are assistant turns, ``role="tool"`` messages are tool results, ``role="system"`` /
-    ``"developer"`` messages are system instructions; every other message is a user turn.
+    ``"developer"`` messages are system instructions; every other message is a user turn.  User turns are sent
+    as given, empty ones too: ``inquire("")`` sends an empty user turn to OpenAI (which accepts it), while
+    Anthropic rejects text that is empty or only whitespace, so there such a message is left out only when it
+    is merged into a user turn that has other text, and a user turn with no text at all (``inquire("")``)
+    raises :class:`~miniagents.llms.LLMError` naming the agent and the input message, before anything is sent.
+    A call with no input message at all sends no user turn (Anthropic: a placeholder one).  Empty assistant
+    texts are sent to OpenAI as ``""`` and left out for Anthropic (a tool-calls-only turn keeps its calls).
 
     Errors: :class:`~miniagents.llms.LLMError` subclasses.  Connection errors, timeouts and 408/409/429/5xx
     responses are retried with exponential backoff and jitter (``retry-after-ms`` / ``retry-after`` /
@@ -76,11 +85,11 @@ _OPTIONS_DOC = """
 
 
 async def _openai(ctx: InteractionContext, **options: Any) -> None:
-    await run_llm_agent(ctx, OpenAISpec(), "openai_agent", options)
+    await run_llm_agent(ctx, OpenAISpec(), ctx.agent.alias, options)
 
 
 async def _anthropic(ctx: InteractionContext, **options: Any) -> None:
-    await run_llm_agent(ctx, AnthropicSpec(), "anthropic_agent", options)
+    await run_llm_agent(ctx, AnthropicSpec(agent=ctx.agent.alias), ctx.agent.alias, options)
 
 
 _openai.__doc__ = (
@@ -94,11 +103,17 @@ _anthropic.__doc__ = (
 )
 
 #: The OpenAI Chat Completions agent (also for OpenAI-compatible servers); see the options in its description.
-openai_agent = miniagent(
-    alias="openai_agent", description="Answers with an OpenAI (or OpenAI-compatible) chat model."
-)(_openai)
+openai_agent = MiniAgent(
+    _openai,
+    alias="openai_agent",
+    description="Answers with an OpenAI (or OpenAI-compatible) chat model.",
+    kwargs_validator=check_options,
+)
 
 #: The Anthropic Messages agent; see the options in its description.
-anthropic_agent = miniagent(alias="anthropic_agent", description="Answers with an Anthropic Claude model.")(
-    _anthropic
+anthropic_agent = MiniAgent(
+    _anthropic,
+    alias="anthropic_agent",
+    description="Answers with an Anthropic Claude model.",
+    kwargs_validator=check_options,
 )

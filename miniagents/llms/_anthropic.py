@@ -14,7 +14,7 @@ from miniagents.llms._common import (
     thaw,
     tool_calls_of,
 )
-from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
+from miniagents.llms._exceptions import LLMError, MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -24,6 +24,8 @@ __all__ = ["AnthropicDecoder", "AnthropicSpec"]
 #: ``max_tokens`` is required by the Messages API; this is sent when the caller gives none.
 DEFAULT_MAX_TOKENS = 4096
 _NOT_JSON: Any = object()
+#: The block type of the marker of an empty user message while the turns are built (never sent).
+_BLANK_USER = "miniagents:blank_user_text"
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def _tool_input(arguments: str) -> dict[str, Any]:
 
 
 def anthropic_messages(
-    options: LLMOptions, history: Sequence[Any]
+    options: LLMOptions, history: Sequence[Any], *, agent: str = "anthropic_agent"
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """Map conversation messages to ``(system, messages)`` of the Messages API.
 
@@ -45,6 +47,15 @@ def anthropic_messages(
     are merged (``tool_result`` blocks first, as the API requires), empty and whitespace-only texts are dropped
     (the API rejects them), a final assistant (prefill) text loses its trailing whitespace (rejected too), and a
     placeholder user turn is inserted when the conversation would not start with a user turn.
+
+    A user message is never dropped silently, though: an empty or whitespace-only one is left out only when it
+    is merged into a user turn that has other content.
+
+    Raises:
+        LLMError: a user turn is made only of empty or whitespace-only user messages (``inquire("")``); the
+            message names the agent alias *agent* and the positions of those messages in *history*.  Nothing
+            was sent: the API would reject the request.
+
     """
     system_parts = [options.system] if options.system and options.system.strip() else []
     turns: list[dict[str, Any]] = []
@@ -57,7 +68,7 @@ def anthropic_messages(
         else:
             turns.append({"role": role, "content": list(blocks)})
 
-    for message in history:
+    for position, message in enumerate(history):
         role = message_role(message)
         content = str(message)
         # The API rejects whitespace-only text ("text content blocks must contain non-whitespace text"):
@@ -87,9 +98,16 @@ def anthropic_messages(
             add("user", [block])
         elif has_text:
             add("user", [{"type": "text", "text": content}])
+        else:
+            # Kept in place as a marker until the turns are merged: dropped only from a turn with content.
+            add("user", [{"type": _BLANK_USER, "position": position, "text": content}])
     for turn in turns:
         if turn["role"] == "user":
-            turn["content"].sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
+            blocks = [b for b in turn["content"] if b.get("type") != _BLANK_USER]
+            if not blocks:
+                raise _empty_user_turn(agent, turn["content"])
+            blocks.sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
+            turn["content"] = blocks
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TURN}]})
     last = turns[-1]
@@ -98,6 +116,17 @@ def anthropic_messages(
         last["content"][-1] = {**last["content"][-1], "text": last["content"][-1]["text"].rstrip()}
     system = "\n\n".join(system_parts) if system_parts else None
     return system, turns
+
+
+def _empty_user_turn(agent: str, blanks: list[dict[str, Any]]) -> LLMError:
+    positions = ", ".join(str(b["position"]) for b in blanks)
+    texts = ", ".join(repr(b["text"]) for b in blanks)
+    which = f"input messages {positions} are" if len(blanks) > 1 else f"input message {positions} is"
+    return LLMError(
+        f"agent {agent!r}: {which} a user turn with no text ({texts}) and the Anthropic API rejects text that "
+        "is empty or only whitespace; nothing was sent (send some text, or no message at all)",
+        provider="anthropic",
+    )
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -118,11 +147,20 @@ class AnthropicSpec:
     base_url_env = "ANTHROPIC_BASE_URL"
     default_base_url = "https://api.anthropic.com"
 
+    def __init__(self, *, agent: str = "anthropic_agent") -> None:
+        #: The alias of the agent whose requests these are (named in input errors).
+        self.agent = agent
+
     def request(
         self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
-        """Return the URL, headers and body of a streaming Messages request."""
-        system, messages = anthropic_messages(options, history)
+        """Return the URL, headers and body of a streaming Messages request.
+
+        Raises:
+            LLMError: the conversation has a user turn with no text (see :func:`anthropic_messages`).
+
+        """
+        system, messages = anthropic_messages(options, history, agent=self.agent)
         body: dict[str, Any] = {
             "model": options.model,
             "max_tokens": options.max_tokens if options.max_tokens is not None else DEFAULT_MAX_TOKENS,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -14,7 +15,16 @@ from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
 
-__all__ = ["LLMOptions", "ProviderSpec", "StreamDecoder", "ToolCallRecord", "message_role", "parse_options"]
+__all__ = [
+    "OPTION_NAMES",
+    "LLMOptions",
+    "ProviderSpec",
+    "StreamDecoder",
+    "ToolCallRecord",
+    "check_options",
+    "message_role",
+    "parse_options",
+]
 
 #: The text of the user turn inserted when a conversation would otherwise not start with one (Anthropic).
 PLACEHOLDER_USER_TURN = "(conversation start)"
@@ -104,24 +114,65 @@ class LLMOptions:
         return RetryPolicy(max_retries=self.max_retries)
 
 
-_OPTION_NAMES = frozenset(a.name for a in attrs.fields(LLMOptions))
+#: The names of the keyword options (the fields of :class:`LLMOptions`).
+OPTION_NAMES = frozenset(a.name for a in attrs.fields(LLMOptions))
 
 
-def parse_options(agent_name: str, options: Mapping[str, Any]) -> LLMOptions:
-    """Validate the keyword options of an LLM agent call.
+def unknown_names_message(agent: str, unknown: Sequence[str], known: Iterable[str], what: str) -> str:
+    """Return the error message for *unknown* names: each with a "did you mean" suggestion when one is close.
+
+    Without any close match the known names are listed.
+    """
+    known = sorted(known)
+    parts = []
+    suggested = False
+    for name in sorted(unknown):
+        match = difflib.get_close_matches(name, known, n=1)
+        suggested = suggested or bool(match)
+        parts.append(f"{name!r} (did you mean {match[0]!r}?)" if match else repr(name))
+    plural = "s" if len(parts) > 1 else ""
+    message = f"agent {agent!r} got unknown {what}{plural} {', '.join(parts)}"
+    if not suggested:
+        message += f"; the {what}s are: {', '.join(known)}"
+    return message
+
+
+def check_options(agent: str, options: Mapping[str, Any]) -> None:
+    """Check the names and the values of some options of an LLM agent (a fork's defaults, one call's kwargs).
+
+    Only what is given is checked: a missing ``model`` is not an error here (the call's merged options are
+    checked by :func:`parse_options`).  This is the ``kwargs_validator`` of the LLM agents, so mistakes raise at
+    ``fork()`` / ``inquire()`` / ``initiate_call()``, before any call starts.
 
     Raises:
-        TypeError: an unknown option, a missing ``model`` or a value of the wrong type.
+        TypeError: an unknown option (the message names the agent and suggests the closest option), or a
+            value of the wrong type.
         ValueError: a value out of range.
 
     """
-    unknown = sorted(set(options) - _OPTION_NAMES)
+    unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
-        raise TypeError(f"{agent_name}() got unknown option(s): {', '.join(unknown)}")
+        raise TypeError(unknown_names_message(agent, unknown, OPTION_NAMES, "option"))
+    if "model" in options:
+        _check_model(agent, options["model"])
+    _check_values(agent, options)
+
+
+def parse_options(agent: str, options: Mapping[str, Any]) -> LLMOptions:
+    """Validate the keyword options of one LLM agent call (its merged options) and return them.
+
+    Raises:
+        TypeError: an unknown option, a missing ``model`` or a value of the wrong type (the messages name the
+            agent alias *agent*).
+        ValueError: a value out of range.
+
+    """
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(unknown_names_message(agent, unknown, OPTION_NAMES, "option"))
+    _check_model(agent, options.get("model"))
+    _check_values(agent, options)
     values = dict(options)
-    model = values.get("model")
-    if not isinstance(model, str) or not model:
-        raise TypeError(f"{agent_name}() needs model=<model name> (a non-empty str)")
     stop = values.get("stop")
     if stop is None:
         values["stop"] = ()
@@ -131,32 +182,40 @@ def parse_options(agent_name: str, options: Mapping[str, Any]) -> LLMOptions:
         values["stop"] = tuple(stop)
     tools = values.get("tools")
     values["tools"] = () if tools is None else tuple(tools)
+    return LLMOptions(**values)
+
+
+def _check_model(agent: str, model: Any) -> None:
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"agent {agent!r} needs model=<model name> (a non-empty str), got {model!r}")
+
+
+def _check_values(agent: str, values: Mapping[str, Any]) -> None:
     for name in ("max_tool_rounds", "max_retries"):
         value = values.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"{agent_name}(): {name} must be an int >= 0, got {value!r}")
+            raise ValueError(f"agent {agent!r}: {name} must be an int >= 0, got {value!r}")
     for name in ("timeout", "connect_timeout", "read_timeout"):
         value = values.get(name)
         if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{agent_name}(): {name} must be a positive number of seconds, got {value!r}")
+            raise ValueError(f"agent {agent!r}: {name} must be a positive number of seconds, got {value!r}")
     client = values.get("http_client")
     if client is not None and not isinstance(client, httpx.AsyncClient):
         raise TypeError(
-            f"{agent_name}(): http_client must be an httpx.AsyncClient, got {type(client).__name__}"
+            f"agent {agent!r}: http_client must be an httpx.AsyncClient, got {type(client).__name__}"
         )
     for name in ("api_key", "base_url"):
         value = values.get(name)
         if value is not None and not isinstance(value, str):
-            raise TypeError(f"{agent_name}(): {name} must be a str, got {type(value).__name__}")
+            raise TypeError(f"agent {agent!r}: {name} must be a str, got {type(value).__name__}")
     limiter = values.get("rate_limiter")
     if limiter is not None and not isinstance(limiter, RateLimiter):
         raise TypeError(
-            f"{agent_name}(): rate_limiter must be a miniagents.RateLimiter, got {type(limiter).__name__}"
+            f"agent {agent!r}: rate_limiter must be a miniagents.RateLimiter, got {type(limiter).__name__}"
         )
     policy = values.get("retry_policy")
     if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
-        raise TypeError(f"{agent_name}(): retry_policy must be a RetryPolicy or a mapping of its fields")
-    return LLMOptions(**values)
+        raise TypeError(f"agent {agent!r}: retry_policy must be a RetryPolicy or a mapping of its fields")
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:

@@ -24,7 +24,8 @@ and never the API key: neither ``str()``, ``repr()`` nor any attribute of these 
 and transport exceptions are neither chained nor kept as ``__context__`` (their type and text are kept in
 ``message``).  Problems of the call's own configuration found before anything is sent (an API key or header
 value with non-ASCII characters, an invalid base URL) raise a plain :class:`LLMError` that names the header or
-option, never its value.
+option, never its value; so does an input the provider is known to reject (an Anthropic user turn with no
+text), naming the agent and the input message.
 """
 
 from __future__ import annotations

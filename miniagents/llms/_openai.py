@@ -33,7 +33,7 @@ def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[st
 
     LLM replies (``role="assistant"``) become assistant turns with their ``tool_calls``; tool results
     (``role="tool"``) become tool turns; ``system``/``developer`` messages keep their role; anything else is a
-    user turn.  Empty user messages are skipped.
+    user turn.  Every message is sent as given, an empty one too (the API accepts an empty ``content``).
     """
     messages: list[dict[str, Any]] = []
     if options.system:
@@ -58,7 +58,7 @@ def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[st
             )
         elif role in _PASS_THROUGH_ROLES and role != "user":
             messages.append({"role": role, "content": content})
-        elif content:
+        else:
             messages.append({"role": "user", "content": content})
     return messages
 

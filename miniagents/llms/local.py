@@ -16,8 +16,9 @@ Two ways to use it:
   the server is stopped when the context exits::
 
       async with MiniAgents():
-          async for token in local_agent.inquire("Hello!", max_tokens=32).as_single_promise():
-              print(token, end="")
+          async for promise in local_agent.inquire("Hello!", max_tokens=32).promises():
+              async for token in promise:  # each model turn is one message, streamed token by token
+                  print(token, end="")
 
 * :func:`open_local_agent` — an async context manager that starts a server for the duration of the block
   and yields an ``openai_agent.fork(...)`` configured for it (the server's lifetime is then explicit)::
@@ -28,15 +29,16 @@ Two ways to use it:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx
 
-from miniagents import InteractionContext, MiniAgent, MiniAgents, miniagent
+from miniagents import InteractionContext, MiniAgent, MiniAgents
 from miniagents.llms._agents import openai_agent
+from miniagents.llms._common import OPTION_NAMES, check_options, unknown_names_message
 from miniagents.llms._http import DEFAULT_TIMEOUT
 from miniagents.llms._local_server import DEFAULT_MODEL_ALIAS, LocalLLMServer, ServerKind
 
@@ -62,6 +64,9 @@ _HTTP_CLIENT_KEY = "miniagents.llms.local.httpx.AsyncClient"
 
 # Options that only make sense for a remote provider; the local agent sets them itself.
 _MANAGED_OPTIONS = frozenset({"model", "base_url", "api_key"})
+# What local_agent accepts: its own parameters and the options of openai_agent that it does not set itself.
+_LOCAL_AGENT_PARAMETERS = frozenset({"chat_format", "kind"})
+_LOCAL_AGENT_NAMES = (OPTION_NAMES - _MANAGED_OPTIONS) | _LOCAL_AGENT_PARAMETERS
 
 
 class _SharedServer:
@@ -125,13 +130,27 @@ def _default_kind(chat_format: str) -> ServerKind:
     return "llama-server" if chat_format == "gemma" else "llama-cpp-python"
 
 
+def _check_managed(agent: str, options: Mapping[str, Any]) -> None:
+    unexpected = sorted(_MANAGED_OPTIONS.intersection(options))
+    if unexpected:
+        them = "them" if len(unexpected) > 1 else "it"
+        raise TypeError(f"agent {agent!r} sets {', '.join(unexpected)} itself; do not pass {them}")
+
+
+def _check_local_agent_options(agent: str, options: Mapping[str, Any]) -> None:
+    """The ``kwargs_validator`` of :data:`local_agent`: the checks of ``openai_agent``'s, at fork/call time."""
+    _check_managed(agent, options)
+    unknown = sorted(set(options) - _LOCAL_AGENT_NAMES)
+    if unknown:
+        raise TypeError(unknown_names_message(agent, unknown, _LOCAL_AGENT_NAMES, "option"))
+    check_options(agent, {k: v for k, v in options.items() if k not in _LOCAL_AGENT_PARAMETERS})
+
+
 def _local_options(
     server: LocalLLMServer, options: dict[str, Any], http_client: httpx.AsyncClient | None = None
 ) -> dict[str, Any]:
     """Options for ``openai_agent`` talking to *server*: its URL and model, and a default token limit."""
-    unexpected = sorted(_MANAGED_OPTIONS.intersection(options))
-    if unexpected:
-        raise TypeError(f"local_agent sets {', '.join(unexpected)} itself; do not pass them")
+    _check_managed("local_agent", options)
     max_tokens = options.pop("max_tokens", None) or DEFAULT_MAX_TOKENS
     # llama-cpp-python only knows OpenAI's older `max_tokens` field, not `max_completion_tokens`
     extra_body = {"max_tokens": max_tokens, **dict(options.pop("extra_body", None) or {})}
@@ -146,8 +165,7 @@ def _local_options(
     }
 
 
-@miniagent(alias="local_agent", description="Answers with the embedded local model (Gemma 3 270M).")
-async def local_agent(
+async def _local_agent(
     ctx: InteractionContext, chat_format: str = "gemma", kind: ServerKind | None = None, **options: Any
 ) -> None:
     """Chat with the embedded local model; takes the options of :data:`~miniagents.llms.openai_agent`.
@@ -155,12 +173,23 @@ async def local_agent(
     ``model``, ``base_url`` and ``api_key`` are set from the context's local server (see
     :func:`local_server`, which *chat_format* and *kind* select); ``max_tokens`` defaults to
     :data:`DEFAULT_MAX_TOKENS`.  Replies are those of ``openai_agent``: one streamed message per model turn.
+    Options are checked like ``openai_agent``'s, at ``fork()`` / ``inquire()`` (an unknown one, or one of
+    those three, raises ``TypeError`` there).
     """
     server = await local_server(chat_format, kind)
     client = MiniAgents.current().shared_resource(
         _HTTP_CLIENT_KEY, _new_http_client, aclose=_close_http_client
     )
     ctx.reply(openai_agent.inquire(ctx.messages, **_local_options(server, dict(options), client)))
+
+
+#: The embedded local model as a miniagent (see the module description).
+local_agent = MiniAgent(
+    _local_agent,
+    alias="local_agent",
+    description="Answers with the embedded local model (Gemma 3 270M).",
+    kwargs_validator=_check_local_agent_options,
+)
 
 
 @asynccontextmanager

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -41,6 +42,9 @@ import anyio
 import anyio.abc
 import attrs
 import h11
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "SSE",
@@ -813,19 +817,41 @@ class FakeLLMServer:
     ) -> AsyncIterator[FakeLLMServer]:
         """Listen on *host*:*port* (0: a free port) and serve until the block exits.
 
+        The server is shut down (listener closed, connections cancelled) however the block exits.  An
+        exception raised in the block is re-raised as itself, not wrapped in an exception group, so
+        ``pytest.raises(ValueError)`` around the block catches a ``ValueError`` raised in it; a cancellation
+        of the block propagates unchanged.
+
         Raises:
-            ExceptionGroup: when the server itself failed while serving (a bug, not a scripted failure).
+            Exception: the first unexpected exception of the server itself (a bug of the fake, not a scripted
+                failure; the others are in :attr:`errors`), when the block exited normally.
+            BaseExceptionGroup: the block's exception and the server's, when both failed.
 
         """
         server = cls(validate=validate, expected_api_key=expected_api_key)
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         server._port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, server._serve_connection)
-            try:
-                yield server
-            finally:
-                tg.cancel_scope.cancel()
+        body_error: BaseException | None = None
+        try:
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, server._serve_connection)
+                try:
+                    yield server
+                except (anyio.get_cancelled_exc_class(), GeneratorExit):
+                    raise  # the task group needs a cancellation to end it at the right scope
+                except BaseException as exc:
+                    # Kept out of the task group (which would wrap it in an ExceptionGroup); raised below.
+                    body_error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseException as exit_error:
+            if body_error is None:
+                raise
+            raise BaseExceptionGroup("errors on exit", [body_error, exit_error]) from None
+        if body_error is not None:
+            if server.errors:
+                raise BaseExceptionGroup("errors on exit", [body_error, *server.errors]) from None
+            raise body_error
         if server.errors:
             raise server.errors[0]
 
