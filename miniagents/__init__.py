@@ -8,13 +8,15 @@ supervised by the :class:`MiniAgents` context, on trio or asyncio.
 from miniagents._agents import AgentCall, CallStatistics, InteractionContext, MiniAgent, miniagent
 from miniagents._buffer import BufferStatistics
 from miniagents._chain import AWAIT, CLEAR, achain_loop
-from miniagents._context import ContextStatistics, MiniAgents, Store
+from miniagents._context import ContextAttachment, ContextStatistics, MiniAgents, Store
 from miniagents._exceptions import (
     AgentCallCancelledError,
     MiniAgentsError,
     NoActiveContextError,
     SequenceClosedError,
+    SequenceCycleError,
     StopLoop,
+    WrongEventLoopError,
 )
 from miniagents._frozen import FrozenDict, share_by_reference
 from miniagents._limits import (
@@ -44,6 +46,7 @@ __all__ = [
     "CallOutcome",
     "CallRecord",
     "CallStatistics",
+    "ContextAttachment",
     "ContextStatistics",
     "ErrorMessage",
     "FrozenDict",
@@ -66,11 +69,13 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "SequenceClosedError",
+    "SequenceCycleError",
     "StopLoop",
     "Store",
     "StreamWriter",
     "StreamedPromise",
     "TextMessage",
+    "WrongEventLoopError",
     "__version__",
     "achain_loop",
     "api_key_fingerprint",

@@ -19,18 +19,31 @@ import itertools
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import attrs
 
-from miniagents._exceptions import AgentCallCancelledError, MiniAgentsError, SequenceClosedError, StopLoop
+from miniagents._exceptions import (
+    AgentCallCancelledError,
+    MiniAgentsError,
+    SequenceClosedError,
+    SequenceCycleError,
+    StopLoop,
+)
 from miniagents._frozen import FrozenDict, freeze_kwargs, share_by_reference
 from miniagents._messages import ErrorMessage, Message
 from miniagents._promises import MessagePromise
 from miniagents._records import CallOutcome, CallRecord, redact
 from miniagents._scope import TaskGroupLike, current_call, current_context, current_owner, open_call_group
-from miniagents._sequence import MessageSequencePromise, MessageSequenceWriter, MessageType, SequenceBuilder
+from miniagents._sequence import (
+    CONCLUDED,
+    MessageSequencePromise,
+    MessageSequenceWriter,
+    MessageType,
+    SequenceBuilder,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -295,6 +308,8 @@ class InteractionContext:
             raise SequenceClosedError(
                 f"agent {self._call.agent.alias!r} replied after its call finished"
             ) from None
+        except SequenceCycleError as error:
+            raise SequenceCycleError(f"agent {self._call.agent.alias!r}: {error}") from None
 
     def reply_out_of_order(self, messages: MessageType) -> None:
         """Reply *messages* as soon as they are available, ahead of ordered replies that are not ready yet.
@@ -308,6 +323,8 @@ class InteractionContext:
             raise SequenceClosedError(
                 f"agent {self._call.agent.alias!r} replied after its call finished"
             ) from None
+        except SequenceCycleError as error:
+            raise SequenceCycleError(f"agent {self._call.agent.alias!r}: {error}") from None
 
     def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child task of this call.
@@ -322,7 +339,9 @@ class AgentCall:
     """One call of an agent, for full-duplex use (see :meth:`MiniAgent.initiate_call`).
 
     ``send()`` adds input (chainable), ``finish()`` closes the input, ``reply_sequence()`` returns the replies
-    (finishing the input by default), ``cancel()`` cancels the call and its children.
+    (finishing the input by default), ``cancel()`` cancels the call and its children.  ``async with
+    agent.initiate_call() as call:`` bounds the call's lifetime by the block: leaving it finishes the input and
+    cancels the call if it is still running (as ``async with agent.inquire(...) as replies:`` does).
     """
 
     __slots__ = (
@@ -382,6 +401,7 @@ class AgentCall:
         self._replies.on_pump_error = self._fail_from_pump
         self._replies.fail_when_cancelled = False  # the call concludes its replies itself
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
+        self._reply_sequence._call = self  # for `async with replies:` (CONCLUDED once the call ends)
 
         observers = context.observers
         # Before the task exists: an observer that raises keeps the call from starting.
@@ -399,12 +419,14 @@ class AgentCall:
         elif (
             not self._input_sent
             and isinstance(messages, MessageSequencePromise)
+            and messages._buffer is not self._input.buffer  # (its own input: refused by the builder below)
             and self._input.open
             # Sent messages must pass the persistence hook: a sequence of this same context did already.
             and (not self.context.persists or messages._buffer._ledger is self.context.ledger)
         ):
             self._input_sent = True
-            self._input_alias = messages
+            # A view of the same buffer: `ctx.messages` is only read, never the handle that scopes that call.
+            self._input_alias = MessageSequencePromise._from_buffer(messages._buffer)
             return self
         self._input_sent = True
         try:
@@ -412,6 +434,10 @@ class AgentCall:
         except SequenceClosedError:
             raise SequenceClosedError(
                 f"the input of the call to agent {self.agent.alias!r} is already finished"
+            ) from None
+        except SequenceCycleError as error:
+            raise SequenceCycleError(
+                f"the input of the call to agent {self.agent.alias!r}: {error}"
             ) from None
         return self
 
@@ -451,6 +477,20 @@ class AgentCall:
     def done(self) -> bool:
         """Whether the call has finished (its reply sequence is complete)."""
         return self._replies.buffer.done
+
+    async def __aenter__(self) -> AgentCall:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Leaving ``async with agent.initiate_call() as call:`` ends the call as leaving its replies' block does.
+
+        The input is finished, the call is cancelled if it is still running and waited for; see
+        :class:`~miniagents.MessageSequencePromise`.
+        """
+        self.finish()
+        await self._reply_sequence.__aexit__(exc_type, exc, tb)
 
     def __repr__(self) -> str:
         return f"<AgentCall #{self.call_id} of {self.agent.alias!r}{' done' if self.done else ''}>"
@@ -516,6 +556,10 @@ class AgentCall:
             self._fail(exc)
         except BaseExceptionGroup as group:
             self._fail_with_group(group)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the whole context stops
+            self._fail(exc)
         finally:
             # Calls this call left with an open input are finished once no code of this call can send to
             # them any more: the agent function returned and its last child task ended.
@@ -532,9 +576,10 @@ class AgentCall:
         """
         cancelled, rest = group.split(anyio.get_cancelled_exc_class())
         if rest is not None:
-            if not isinstance(rest, Exception):
-                raise group  # KeyboardInterrupt, SystemExit: not ours to handle
-            self._fail(rest)
+            failures, fatal = rest.split(Exception)
+            if fatal is not None:  # KeyboardInterrupt, SystemExit: the whole context stops, with the first
+                self.context._fatal_error(_first_leaf(fatal))
+            self._fail(failures if failures is not None else rest)
         if cancelled is not None:
             raise cancelled
 
@@ -558,7 +603,11 @@ class AgentCall:
         *passed_on*: the error already failed a buffer that recorded it (a forwarded sequence, a streamed
         reply), so the reply sequence passes it on without recording it as a new failure.
         """
+        if not isinstance(error, Exception):
+            self.context._fatal_error(error)  # KeyboardInterrupt, SystemExit: it stops the whole context
         if self._failure is None:
+            if isinstance(error, (StopAsyncIteration, StopIteration)):
+                error = _iteration_signal_failure(error, self)
             self._failure = error
             self._failure_passed_on = passed_on
             _annotate(error, self)
@@ -584,6 +633,10 @@ class AgentCall:
                     self._fail(exc)
                 except BaseExceptionGroup as group:
                     self._fail_with_group(group)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit: the whole context stops
+                    self._fail(exc)
                 finally:
                     self._function_returned = True
                     if not self._user_tasks:
@@ -644,13 +697,14 @@ class AgentCall:
                         agent_alias=self.agent.alias,
                     )
                 )
-                replies.buffer.close()
+                replies.buffer.close_with_error_message(failure, record=not self._failure_passed_on)
             else:
                 replies.fail(failure, record=not self._failure_passed_on)
         elif cancelled:
             replies.fail(AgentCallCancelledError(f"the call to agent {self.agent.alias!r} was cancelled"))
         else:
             replies.buffer.close()
+        self._reply_sequence._call = CONCLUDED
         if self.context.records_calls:
             self.context.record_call(self._record(failure, cancelled=cancelled))
         if self._observations is not None:
@@ -732,6 +786,26 @@ def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, 
         elif item._message is not None:
             result.append(item._message)
     return tuple(result)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _iteration_signal_failure(error: BaseException, call: AgentCall) -> RuntimeError:
+    """The failure a ``StopAsyncIteration`` / ``StopIteration`` escaping an agent becomes (as PEP 479 does).
+
+    Raised from a consumer's ``async for`` as it is, it would look like the normal end of the replies: a
+    silently truncated result.  The original is the ``__cause__``.
+    """
+    failure = RuntimeError(
+        f"agent {call.agent.alias!r} raised {type(error).__name__}, which would end its consumers' iteration "
+        "as if its replies were complete"
+    )
+    failure.__cause__ = error
+    failure.__traceback__ = error.__traceback__
+    return failure
 
 
 def _annotate(error: BaseException, call: AgentCall) -> None:

@@ -23,9 +23,10 @@ import anyio
 import attrs
 
 from miniagents._exceptions import AgentCallCancelledError, StopLoop
+from miniagents._ledger import restore_frames
 
 if TYPE_CHECKING:
-    from miniagents._context import ErrorLedger
+    from miniagents._ledger import ErrorLedger, Tracebacks
 
 P = TypeVar("P")
 
@@ -43,17 +44,32 @@ class BufferStatistics:
 class ReplayBuffer(Generic[P]):
     """A replayable, append-only channel of pieces (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_event", "_ledger", "_tb", "done", "error", "pieces")
+    __slots__ = (
+        "__weakref__",
+        "_event",
+        "_frames",
+        "_ledger",
+        "_tb",
+        "done",
+        "error",
+        "message_error",
+        "pieces",
+    )
 
     pieces: list[P]
     done: bool
     error: BaseException | None
+    #: With ``errors_as_messages``: the failure whose ``ErrorMessage`` is the last piece (observed once a
+    #: consumer has read that piece).
+    message_error: BaseException | None
 
     def __init__(self, ledger: ErrorLedger | None = None) -> None:
         self.pieces = []
         self.done = False
         self.error = None
+        self.message_error = None
         self._tb: TracebackType | None = None
+        self._frames: Tracebacks | None = None  # taken off the error's chain by the ledger (see _ledger.py)
         self._event: anyio.Event | None = None
         self._ledger = ledger
 
@@ -78,12 +94,11 @@ class ReplayBuffer(Generic[P]):
         if error is not None:
             self.error = error
             self._tb = error.__traceback__
-            if (
-                record
-                and self._ledger is not None
-                and not isinstance(error, (AgentCallCancelledError, StopLoop))
-            ):
-                self._ledger.record(error)
+            ledger = self._ledger
+            if ledger is not None and not isinstance(error, (AgentCallCancelledError, StopLoop)):
+                # While nobody observed it, the ledger holds the error without its frames; this buffer keeps
+                # them for the consumers it raises the error to.
+                self._frames = ledger.record(error) if record else ledger.release(error)
         event = self._event
         if event is not None:
             self._event = None
@@ -95,6 +110,8 @@ class ReplayBuffer(Generic[P]):
         error = self.error
         assert error is not None
         self.mark_observed(error)
+        if self._frames:
+            restore_frames(self._frames)
         raise error.with_traceback(self._tb)
 
     def pass_error_on(self) -> NoReturn:
@@ -104,7 +121,30 @@ class ReplayBuffer(Generic[P]):
         """
         error = self.error
         assert error is not None
+        if self._frames:
+            restore_frames(self._frames)
         raise error.with_traceback(self._tb)
+
+    def unobserved(self) -> bool:
+        """Whether the buffer failed with an error that the ledger still counts as not observed."""
+        error = self.error
+        return error is not None and self._ledger is not None and self._ledger.is_open(error)
+
+    def close_with_error_message(self, error: BaseException, *, record: bool = True) -> None:
+        """Close the buffer whose last piece is the ``ErrorMessage`` of *error* (``errors_as_messages``).
+
+        The failure counts in the ledger until a consumer has read that last piece, as an error counts until
+        a consumer has had it raised: errors are never lost in either mode.
+        """
+        if self.close() and record and self._ledger is not None and not isinstance(error, StopLoop):
+            self.message_error = error
+            self._ledger.record(error)
+
+    def read_last(self) -> None:
+        """A consumer read the last piece of the closed buffer: an error delivered as that message is observed."""
+        error = self.message_error
+        if error is not None and self._ledger is not None:
+            self._ledger.observe(error)
 
     def mark_observed(self, error: BaseException) -> None:
         """Tell the error ledger that a consumer has had *error* raised."""
@@ -170,6 +210,8 @@ class BufferIterator(Generic[P]):
             pieces = buffer.pieces
             if index < len(pieces):
                 self._index = index + 1
+                if buffer.done and index + 1 == len(pieces):
+                    buffer.read_last()
                 return pieces[index]
             if buffer.done:
                 if buffer.error is not None:

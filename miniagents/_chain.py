@@ -38,9 +38,11 @@ async def achain_loop(
 
     ``AWAIT`` in the list resolves the output so far fully before passing it on; ``CLEAR`` drops it.  A round
     ends when every call it started has finished; the next round gets its output.  The loop ends after
-    *max_rounds* rounds, when any agent of a round raises :class:`StopLoop`, or when cancelled; it returns the
-    output of the last complete round (the initial input's round count is zero: ``()``).  Any other error of an
-    agent in the loop propagates from ``achain_loop``.
+    *max_rounds* rounds, or when any agent of a round raises :class:`StopLoop`; it then returns the output of
+    the last complete round (the initial input's round count is zero: ``()``).  Any other error of an agent in
+    the loop propagates from ``achain_loop``.  A cancellation (``move_on_after`` around it, Ctrl-C in a chat)
+    cancels the calls of the current round and propagates, as cancellations must; end the loop with
+    ``StopLoop`` or *max_rounds* to get a result.
 
     Raises:
         ValueError: *agents* holds no agent, or an entry that is neither an agent nor a marker.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 import sys
 import uuid
 from collections import deque
@@ -27,20 +28,39 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime
 import anyio
 import attrs
 import sniffio
+import trio
 
-from miniagents._exceptions import MiniAgentsError, NoActiveContextError
+from miniagents._dedup import NO_KEYS, cache_bound, check_cache_size, generation_size
+from miniagents._exceptions import (
+    AgentCallCancelledError,
+    MiniAgentsError,
+    NoActiveContextError,
+    WrongEventLoopError,
+)
 from miniagents._frozen import EMPTY
+from miniagents._ledger import ErrorLedger
 from miniagents._limits import RateLimiter
 from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
-from miniagents._scope import TaskGroupLike, current_call, current_context, open_task_group
+from miniagents._scope import (
+    TaskGroupLike,
+    _enclosing_group,
+    current_call,
+    current_context,
+    loop_identity,
+    open_task_group,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
+    from miniagents._promises import MessageWriter, StreamWriter
+    from miniagents._sequence import MessageSequenceWriter
+
+    BlockWriter = MessageWriter | StreamWriter[Any] | MessageSequenceWriter
 
 T = TypeVar("T")
 _set_slot = object.__setattr__
@@ -62,13 +82,26 @@ class Store(Protocol):
     order, same exactly-once rule, nested messages before their holders; a call's messages still come before
     its ``on_call_finished`` record).  One call per batch instead of one per message is what keeps a store
     cheap on the agents' event loop.  The runtime does not use the list after the call (the store may keep it).
+
+    Optional attribute ``deduplicates_by_hash_key``: a store that itself keeps at most one copy of a message
+    per ``hash_key`` (so being handed a message it has already is harmless) sets it to ``True``, as
+    ``SQLiteStore`` does.  When every persistence handler of a context is such a store's method, the context
+    remembers only a bounded number of recent keys (``MiniAgents(dedup_cache_size=...)``) instead of every key
+    of its lifetime: the store may then be handed a message again after its key was dropped from that cache,
+    and must store it once all the same.  Without the attribute a store gets each distinct message exactly once
+    per context, at the memory cost described under ``dedup_cache_size``.
     """
 
     def on_persist_message(self, message: Message) -> Awaitable[None] | None:
-        """Store *message* (called once per distinct hash key)."""
+        """Store *message* (called once per distinct hash key; see ``deduplicates_by_hash_key`` above)."""
 
 
 _NOTE = "miniagents: no consumer observed this error; raised when the MiniAgents block exited"
+_CANCELLED_NOTE = (
+    "miniagents: no consumer observed this error, and the MiniAgents block was cancelled from outside: "
+    "logged instead of raised, so that the cancellation reaches its scope"
+)
+_log = logging.getLogger("miniagents")
 
 _activations = itertools.count(1)
 
@@ -76,36 +109,61 @@ _activations = itertools.count(1)
 PERSISTENCE_GRACE_SECONDS = 1.0
 
 
-class ErrorLedger:
-    """Failures that happened in a context, so that none is lost: raised at exit unless observed.
+class ContextAttachment:
+    """The block of :meth:`MiniAgents.attach`: the context is the current one inside it (``with`` or ``async with``).
 
-    Tracked per exception object.  A failure opens an entry; a consumer that has the error raised closes it;
-    a *new* failure with the same object (an agent that let an error from its input propagate) opens it
-    again, because that agent's consumers have not seen it yet.  Errors merely passed on by pumps (a call's
-    input forwarding a failed sequence) are not new failures.
+    Entering checks that the context is active and that the calling task runs in its thread and event loop;
+    leaving restores whatever was current before.  One attachment is entered once; ``attach()`` makes a new
+    one for every block.
     """
 
-    __slots__ = ("_open",)
+    __slots__ = ("_context", "_entered", "_tokens")
 
-    def __init__(self) -> None:
-        self._open: dict[int, BaseException] = {}
+    def __init__(self, context: MiniAgents) -> None:
+        self._context = context
+        self._entered = False
+        self._tokens: tuple[Token[Any], Token[Any], Token[Any]] | None = None
 
-    def record(self, error: BaseException) -> None:
-        """A buffer failed with *error*: it counts until a consumer has it raised."""
-        self._open.pop(id(error), None)
-        self._open[id(error)] = error  # re-inserted: errors are reported in the order of their last failure
+    def __enter__(self) -> MiniAgents:
+        context = self._context
+        if self._entered:
+            raise MiniAgentsError("this attach() block was entered already; call attach() for every block")
+        if not context._active:
+            raise NoActiveContextError(
+                "attach() needs an active MiniAgents context: enter it first (e.g. `async with ma:` in the "
+                "application's lifespan or its main task)"
+            )
+        context._check_loop("attach()")
+        self._entered = True
+        # New calls are root calls of the context: not children of whatever call or call group is current.
+        self._tokens = (current_context.set(context), current_call.set(None), _enclosing_group.set(None))
+        return context
 
-    def observe(self, error: BaseException) -> None:
-        """A consumer had *error* raised."""
-        self._open.pop(id(error), None)
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._tokens is not None
+        context_token, call_token, group_token = self._tokens
+        self._tokens = None
+        _enclosing_group.reset(group_token)
+        current_call.reset(call_token)
+        current_context.reset(context_token)
 
-    def record_error(self, error: BaseException) -> None:
-        """Remember an error nobody can observe (e.g. from a persistence handler)."""
-        self.record(error)
+    async def __aenter__(self) -> MiniAgents:
+        return self.__enter__()
 
-    def unobserved(self) -> list[BaseException]:
-        """Errors not observed since their last failure, in the order of those failures."""
-        return list(self._open.values())
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _current_trio_token() -> object:
+    """The running trio loop's token, ``None`` outside trio (two trio runs of one thread differ only in it)."""
+    try:
+        return trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
 
 
 @attrs.frozen
@@ -117,6 +175,11 @@ class ContextStatistics:
     persisted_messages: int
     pending_persistence: int
     unobserved_errors: int
+    #: How many hash keys the context holds to hand each message to the handlers once (a key found in the
+    #: older generation of a bounded cache is counted twice).
+    dedup_keys: int = 0
+    #: The most it may remember: ``dedup_cache_size``, or ``None`` when it keeps every key of the activation.
+    dedup_cache_size: int | None = None
 
 
 class MiniAgents:
@@ -140,6 +203,16 @@ class MiniAgents:
             pass a ``TracerProvider``.  See :mod:`miniagents.tracing`.
         rate_limiter: a :class:`~miniagents.RateLimiter` every LLM agent request in this context goes through
             (every attempt, retries included, however deeply nested the call, tool calls included).
+        dedup_cache_size: how many hash keys of recently persisted messages the context remembers.  ``None``
+            (default): every key of the activation (about 155 bytes per distinct message, kept until the
+            context is entered again: 1.5 GB for 10 million messages), which is what makes plain handlers
+            exactly-once; but when every persistence handler belongs to a store that deduplicates by hash key
+            itself (``deduplicates_by_hash_key``, e.g. ``SQLiteStore``), at most
+            ``miniagents._dedup.DEFAULT_DEDUP_CACHE_SIZE`` (100,000, about 15 MB) recent keys, and the store
+            keeps each message once.  An ``int`` (at least 1) bounds the keys for every handler: memory stays
+            flat however long the context lives; a message is not handed over again while its key is among
+            the last ``dedup_cache_size // 2`` keys added to the cache, but may be later, also to plain
+            handlers.  :meth:`statistics` shows the keys held and the bound.
 
     Contexts may nest; the innermost active one is used.  Works inside any trio or asyncio program.
     """
@@ -154,6 +227,7 @@ class MiniAgents:
         call_observers: Iterable[CallObserver] = (),
         tracing: Any = None,
         rate_limiter: RateLimiter | None = None,
+        dedup_cache_size: int | None = None,
     ) -> None:
         self._handlers: list[PersistHandler] = _handler_list(on_persist_message, "on_persist_message")
         self._call_handlers: list[CallHandler] = _handler_list(on_call_finished, "on_call_finished")
@@ -188,7 +262,15 @@ class MiniAgents:
         self._calls_tg: TaskGroupLike | None = None
         self.native_trio = False
         self._open_calls: dict[AgentCall, None] = {}
+        # The keys queued for persistence (see miniagents/_dedup.py): every key of the activation, or the
+        # current generation of a bounded cache, the older one (of activation _seen_before_in) and its size.
         self._seen: set[str] = set()
+        self._seen_before: frozenset[str] | set[str] = NO_KEYS
+        self._seen_before_in = 0
+        self._dedup_requested = check_cache_size(dedup_cache_size)
+        self._dedup_cache_size = cache_bound(self._dedup_requested, [*self._handlers, *self._batch_handlers])
+        self._dedup_generation = generation_size(self._dedup_cache_size)
+        self._install_persist()
         self._activation = 0
         self._persist_queue: deque[Message | CallRecord] = deque()
         # Taken from the queue by the worker and not handed over yet (see _persistence_loop).
@@ -200,6 +282,13 @@ class MiniAgents:
         self._persisted = 0
         self._resources: dict[Hashable, tuple[Any, Callable[[Any], Awaitable[None]] | None]] = {}
         self._tokens: tuple[Token[MiniAgents | None], Token[AgentCall | None]] | None = None
+        self._block_writers: list[BlockWriter] = []
+        self._block_writers_limit = 64
+        self._fatal: BaseException | None = None
+        self._body_scope: anyio.CancelScope | None = None
+        # The thread and event loop of the current activation: the only ones that may use it.
+        self._loop_identity: tuple[int, object, str | None] = (0, None, None)
+        self._trio_token: object = None
 
     # -- public helpers -------------------------------------------------------------------------------------
     @classmethod
@@ -210,11 +299,65 @@ class MiniAgents:
             raise NoActiveContextError("no MiniAgents context is active")
         return context
 
+    def attach(self) -> ContextAttachment:
+        """Make this context the current one in the calling task, for a ``with`` or ``async with`` block.
+
+        Enter the context once where the application starts (an ASGI lifespan, a trio nursery's parent task)
+        and attach it in any other task of the same event loop, e.g. a web server's request handlers::
+
+            ma = MiniAgents(store=SQLiteStore("app.db"))
+
+            async def handler(request):
+                async with ma.attach():
+                    replies = research_agent.inquire(request.query)
+                    ...
+
+        Calls started inside the block are root calls of this context, exactly as if they were started in
+        its own ``async with`` block: supervised by it (their errors are never lost: unobserved ones are
+        raised when the context exits), cancelled if the context is cancelled, and sharing its HTTP pool, rate
+        limiter, store and observers.  They do not end with the block: a call lives until it finishes, or
+        until the block that scopes it ends (``async with agent.inquire(...) as replies:``).
+
+        Raises:
+            NoActiveContextError: the context is not active (not entered yet, or already exited).
+            WrongEventLoopError: the calling thread, or its event loop, is not the one that entered the
+                context.
+
+        """
+        return ContextAttachment(self)
+
+    def _check_loop(self, what: str) -> None:
+        """Raise unless the calling thread and its event loop are this activation's."""
+        identity = loop_identity()
+        if identity[0] != self._loop_identity[0]:
+            raise WrongEventLoopError(
+                f"{what}: this MiniAgents context runs in another thread; a context belongs to the thread "
+                "and event loop that entered it (hand the work to that loop, e.g. with anyio.from_thread.run)"
+            )
+        if identity != self._loop_identity or _current_trio_token() is not self._trio_token:
+            raise WrongEventLoopError(
+                f"{what}: this MiniAgents context was entered in another event loop; a context belongs to "
+                "the event loop that entered it"
+            )
+
+    def take_unobserved_errors(self, *, older_than: float = 0.0) -> list[BaseException]:
+        """Remove and return the failures that no consumer has observed for *older_than* seconds or more.
+
+        For a context that lives as long as a service: collect what nobody observed (e.g. log it from a
+        periodic task) instead of holding it until the context exits.  Taken errors are not raised at exit
+        and not observed by consumers that read them later.  A failure nobody observed holds no frames (its
+        call is not kept alive): each returned error carries a note with its traceback as it was raised.
+        """
+        if older_than < 0:
+            raise ValueError(f"older_than must be >= 0, got {older_than!r}")
+        return self.ledger.take(older_than)
+
     def on_persist_message(self, handler: PersistHandler) -> PersistHandler:
         """Register *handler* (decorator form of the ``on_persist_message=`` option); returns it unchanged."""
         if not callable(handler):
             raise TypeError(f"on_persist_message handlers must be callables, got {handler!r}")
         self._handlers.append(handler)
+        self._update_dedup()
         return handler
 
     def on_call_finished(self, handler: CallHandler) -> CallHandler:
@@ -259,6 +402,8 @@ class MiniAgents:
             persisted_messages=self._persisted,
             pending_persistence=len(self._persist_queue) + len(self._persist_batch) - self._persist_pos,
             unobserved_errors=len(self.ledger.unobserved()),
+            dedup_keys=len(self._seen) + len(self._seen_before),
+            dedup_cache_size=self._dedup_cache_size,
         )
 
     # -- TaskOwner ------------------------------------------------------------------------------------------
@@ -282,7 +427,8 @@ class MiniAgents:
     # -- persistence ----------------------------------------------------------------------------------------
     def persist(self, message: Message) -> None:
         """Queue *message* (and, first, the messages nested in it) for the handlers, once per hash key."""
-        # Called for every message appended to every sequence: the common cases return first.
+        # Called for every message appended to every sequence: the common cases return first.  This is the
+        # exact mode (every key kept); a context with a bounded cache has _persist_bounded as ``persist``.
         activation = self._activation
         if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
@@ -303,6 +449,70 @@ class MiniAgents:
         if event is not None:
             self._persist_event = None
             event.set()
+
+    def _persist_bounded(self, message: Message) -> None:
+        """:meth:`persist` with a bounded cache of recent keys (miniagents/_dedup.py); correct in both modes.
+
+        The instance's ``persist`` while the cache is bounded and a handler is registered (handlers are never
+        removed, so it skips that check; sequences keep the method they were created with, so this one also
+        stays right once every key is kept: the older generation is empty then and the generation size is
+        never reached).  Otherwise the same steps as :meth:`persist`.
+        """
+        activation = self._activation
+        if message._persisted_in == activation:
+            return
+        _set_slot(message, "_persisted_in", activation)
+        key = message.hash_key
+        seen = self._seen
+        if key in seen:
+            return
+        seen.add(key)
+        # Also look in the older generation (of this activation), and rotate when the current one is full.
+        if key in self._seen_before or len(seen) >= self._dedup_generation:
+            recent = key in self._seen_before and self._seen_before_in == activation
+            if len(seen) >= self._dedup_generation:
+                self._seen_before, self._seen_before_in, self._seen = seen, activation, set()
+            if recent:
+                return
+        extra = message._extra
+        if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[type(message)] is None:
+            for sub in message.sub_messages():
+                self.persist(sub)
+        self._persist_queue.append(message)
+        event = self._persist_event
+        if event is not None:
+            self._persist_event = None
+            event.set()
+
+    def _update_dedup(self) -> None:
+        """Decide the bound on remembered keys again, after a persistence handler was added."""
+        bound = cache_bound(self._dedup_requested, [*self._handlers, *self._batch_handlers])
+        if bound == self._dedup_cache_size:
+            self._install_persist()  # the first handler of an explicitly bounded context
+            return
+        generation = generation_size(bound)
+        if bound is None:
+            # A plain handler needs every key from now on: keep the recent ones and those of the messages still
+            # queued (a dropped key of a queued message would let its next copy reach the new handler again).
+            seen = self._seen
+            if self._seen_before_in == self._activation:
+                seen.update(self._seen_before)
+            for item in itertools.chain(self._persist_queue, self._persist_batch):
+                if isinstance(item, Message):
+                    seen.add(item.hash_key)
+        elif len(self._seen) >= generation:
+            self._seen = set()  # the store keeps each message once: starting over loses nothing
+        self._seen_before = NO_KEYS
+        self._dedup_cache_size = bound
+        self._dedup_generation = generation
+        self._install_persist()
+
+    def _install_persist(self) -> None:
+        # An instance attribute shadows the method: what sequences take as ``context.persist``.
+        if self._dedup_cache_size is None or not (self._handlers or self._batch_handlers):
+            self.__dict__.pop("persist", None)
+        else:
+            self.__dict__["persist"] = self._persist_bounded
 
     def record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""
@@ -402,11 +612,15 @@ class MiniAgents:
             raise MiniAgentsError("this MiniAgents context is already active")
         self._active = True  # at once: a second task entering concurrently is refused
         self.ledger = ErrorLedger()
+        self._fatal = None
+        self._block_writers = []
         self._seen = set()
         self._activation = next(_activations)  # marks the messages this activation queued already
         self._persist_closing = False
         self.run_id = uuid.uuid4().hex
         self.observers = resolve_observers(self._call_observers, self._tracing)
+        self._loop_identity = loop_identity()
+        self._trio_token = _current_trio_token()
         # Set first, so the persistence worker (and anything the store starts) sees this context as current.
         self._tokens = (current_context.set(self), current_call.set(None))
         # Exit runs in reverse: finish open inputs, wait for the calls, let persistence drain, wait for the
@@ -423,6 +637,8 @@ class MiniAgents:
             stack.callback(self._close_persistence)
             self._calls_tg = await stack.enter_async_context(open_task_group(self.native_trio))
             stack.callback(self._finish_open_inputs)
+            # Cancelled only by a KeyboardInterrupt or SystemExit escaping an agent (see _fatal_error).
+            self._body_scope = stack.enter_context(anyio.CancelScope())
         except BaseException:
             await stack.aclose()
             context_token, call_token = self._tokens
@@ -460,17 +676,30 @@ class MiniAgents:
             self._tokens = None
             self._stack = None
             self._calls_tg = None
+            self._body_scope = None
             self._active = False
+        fatal = self._fatal
+        if fatal is not None:
+            self._fatal = None
+            raise fatal  # bare, on both backends, whatever else happened
         if body_failed:
             assert incoming is not None
             raised = incoming if raised is None else BaseExceptionGroup("errors on exit", [incoming, raised])
         errors = [e for e in self.ledger.unobserved() if e is not raised]
+        if errors and raised is not None and _is_cancellation(raised):
+            # Cancelled from outside (move_on_after, fail_after, a cancelled nursery): the cancellation must
+            # reach its scope as it is, or fail_after would lose its TimeoutError.  The errors are logged.
+            self.ledger.add_reports(errors)
+            for error in errors:
+                _log.error(_CANCELLED_NOTE, exc_info=error)
+            errors = []
         if not errors:
             if raised is None:
                 return incoming is not None  # a cancellation that ended at our own scopes
             if raised is incoming:
                 return False  # re-raised by Python as it was
             raise raised
+        self.ledger.add_reports(errors)
         for error in errors:
             _add_note(error, _NOTE)
         if raised is None:
@@ -480,8 +709,41 @@ class MiniAgents:
         raise BaseExceptionGroup("errors in agents that no consumer observed", [raised, *errors])
 
     def _finish_open_inputs(self) -> None:
+        """The block's body has ended: finish the inputs it left open, end the writers it left open.
+
+        An open input is finished (what was sent is the whole input); an open writer is failed with
+        :class:`AgentCallCancelledError` after what it sent, as a call's open writers are when its code ends:
+        either way nobody waits for them forever.
+        """
         for call in list(self._open_calls):
             call.finish()
+        writers, self._block_writers = self._block_writers, []
+        for writer in writers:
+            if not writer.closed:
+                writer.fail(
+                    AgentCallCancelledError("the MiniAgents block ended without finishing this stream")
+                )
+
+    def track_block_writer(self, writer: BlockWriter) -> None:
+        """Remember a writer opened outside any call, to end it at exit if it is still open then."""
+        writers = self._block_writers
+        writers.append(writer)
+        if len(writers) > self._block_writers_limit:  # amortised: a long-lived context forgets closed ones
+            writers[:] = [w for w in writers if not w.closed]
+            self._block_writers_limit = max(64, 2 * len(writers))
+
+    def _fatal_error(self, error: BaseException) -> None:
+        """A KeyboardInterrupt, SystemExit (any BaseException but a cancellation) escaped an agent.
+
+        It is not a failure of that call: like Python does for the whole program, it cancels everything in
+        the context, the block's body included, and is raised as it is (the first one) when the block exits.
+        """
+        if self._fatal is None:
+            self._fatal = error
+        if self._calls_tg is not None:
+            self._calls_tg.cancel_scope.cancel()
+        if self._body_scope is not None:
+            self._body_scope.cancel()
 
     def _close_persistence(self) -> None:
         self._persist_closing = True
@@ -517,6 +779,13 @@ class MiniAgents:
             return result
 
         return anyio.run(runner, backend=backend, backend_options=backend_options)
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(cancelled)[1] is None
+    return isinstance(error, cancelled)
 
 
 def _with_handler_note(

@@ -5,7 +5,9 @@ and the chain of calls that led to it; the classes here are for what the runtime
 
     MiniAgentsError
     ├── NoActiveContextError      no `MiniAgents` context is active where one is needed
+    ├── WrongEventLoopError       a context used from a thread or event loop other than the one it runs in
     ├── SequenceClosedError       sending to a call input / reply sequence that has already finished
+    ├── SequenceCycleError        sending a sequence into itself (an agent replying its own replies)
     └── AgentCallCancelledError   the call (or stream) that would have produced this was cancelled
 """
 
@@ -20,8 +22,24 @@ class NoActiveContextError(MiniAgentsError, RuntimeError):
     """Raised when an operation needs a running ``MiniAgents`` context and none is active."""
 
 
+class WrongEventLoopError(MiniAgentsError, RuntimeError):
+    """Raised when a ``MiniAgents`` context is used from a thread or event loop other than the one it runs in.
+
+    A context's task groups, buffers and events belong to the event loop that entered it; another thread (or a
+    second event loop) touching them would corrupt them silently.  Hand work to the context's loop instead,
+    e.g. with ``anyio.from_thread.run``.
+    """
+
+
 class SequenceClosedError(MiniAgentsError, RuntimeError):
     """Raised when messages are sent to an input or reply sequence that has already finished."""
+
+
+class SequenceCycleError(MiniAgentsError, ValueError):
+    """Raised when a sequence is sent into itself, e.g. ``ctx.reply(ctx.call.reply_sequence())``.
+
+    Such a sequence would feed on the messages it appends and grow without end; it is refused at the send.
+    """
 
 
 class AgentCallCancelledError(MiniAgentsError):

@@ -26,7 +26,7 @@ from miniagents._scope import current_call, current_context, current_owner
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
-    from miniagents._context import ErrorLedger
+    from miniagents._ledger import ErrorLedger
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -194,7 +194,11 @@ class StreamedPromise(Generic[P, T]):
         promise._buffer = ReplayBuffer(_ledger())
         promise._resolver = resolver
         promise._whole = _PENDING
-        return promise, StreamWriter(promise, current_call.get())
+        call = current_call.get()
+        writer: StreamWriter[P] = StreamWriter(promise, call)
+        if call is None:
+            _track_block_writer(writer)
+        return promise, writer
 
     def __aiter__(self) -> AsyncIterator[P]:
         return BufferIterator(self._buffer)
@@ -228,6 +232,13 @@ class StreamedPromise(Generic[P, T]):
         return f"<{type(self).__name__} {state}, {stats.pieces} pieces>"
 
 
+def _track_block_writer(writer: StreamWriter[Any] | MessageWriter) -> None:
+    """A writer opened outside any call: the context fails it at exit if it is still open."""
+    context = current_context.get()
+    if context is not None:
+        context.track_block_writer(writer)
+
+
 async def _pump_source(
     source: AsyncIterable[Any], writer: StreamWriter[Any] | MessageWriter, check: Callable[[Any], None] | None
 ) -> None:
@@ -242,9 +253,13 @@ async def _pump_source(
         if owner is None:  # a call that owns the writer ends it with the call's own outcome
             writer.fail(AgentCallCancelledError("the stream was cancelled before it finished"))
         raise
-    except Exception as exc:
+    except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the context stops (see _fatal_error)
         if owner is None:
             writer.fail(exc)
+            if not isinstance(exc, Exception):
+                context = current_context.get()
+                if context is not None:
+                    context._fatal_error(exc)
         else:  # a reply source failed: so does the call (named in the error's note)
             assert isinstance(writer, MessageWriter)
             owner.end_writer(writer, exc)
@@ -360,7 +375,21 @@ class MessagePromise(StreamedPromise[str, Message]):
     def open(  # type: ignore[override]  # an alternative constructor with its own signature
         cls, *, message_class: type[Message] = TextMessage, **known_beforehand: Any
     ) -> tuple[MessagePromise, MessageWriter]:
-        """Return a pending message promise and its writer; *known_beforehand* fields are frozen now."""
+        """Return a pending message promise and its writer; *known_beforehand* fields are frozen now.
+
+        A writer opened in an agent call and still open when the call's code has ended, or opened in a
+        ``MiniAgents`` block (or an ``attach()`` block) and still open when the context exits, is failed with
+        :class:`AgentCallCancelledError`, so consumers never wait forever.
+        """
+        promise, writer = cls._open(message_class, known_beforehand)
+        if writer._owner is None:
+            _track_block_writer(writer)
+        return promise, writer
+
+    @classmethod
+    def _open(
+        cls, message_class: type[Message], known_beforehand: dict[str, Any]
+    ) -> tuple[MessagePromise, MessageWriter]:
         promise = cls._new(message_class, freeze_kwargs(known_beforehand, shared=False))
         return promise, MessageWriter(promise)
 
@@ -386,7 +415,7 @@ class MessagePromise(StreamedPromise[str, Message]):
                 f"{type(tokens).__name__}"
             )
         _, owner = current_owner(f"{message_class.__name__}.stream()")
-        promise, writer = cls.open(message_class=message_class, **fields)
+        promise, writer = cls._open(message_class, fields)  # ended by its pump, not by the block's exit
         owner.spawn(_pump_source, tokens, writer, _check_token)
         return promise
 

@@ -28,15 +28,22 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias, Union, cast
 
 import anyio
 import anyio.lowlevel
 
 from miniagents._buffer import BufferIterator, ReplayBuffer
-from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
+from miniagents._exceptions import (
+    AgentCallCancelledError,
+    MiniAgentsError,
+    SequenceClosedError,
+    SequenceCycleError,
+)
 from miniagents._messages import Message, TextMessage, text_message
 from miniagents._promises import MessagePromise, StreamedPromise
+from miniagents._scope import current_call, current_owner
 
 if TYPE_CHECKING:
     from miniagents._agents import AgentCall
@@ -79,11 +86,28 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
     * ``await seq`` gives ``tuple[Message, ...]``; ``await seq.as_single_text()`` joins the contents.
 
     An error in the producer reaches every consumer after the messages produced before it.
+
+    The replies of a call are also an async context manager that bounds the call's lifetime::
+
+        async with agent.inquire(question) as replies:
+            async for message in replies:
+                ...
+
+    Leaving the block by any path (its end, ``break``, an exception, a cancellation of the task) cancels the
+    call if it is still running, and waits until it has ended: its children and the HTTP streams of its LLM
+    requests are closed when the block is left.  What it replied stays readable afterwards (then
+    :class:`~miniagents.AgentCallCancelledError`, if it was cancelled).  A failure of the call that no consumer
+    observed is raised when the block is left normally, so the block never hides it.  Without the block, a
+    consumer that stops reading cancels nothing: the sequence may have other consumers.  A sequence that is no
+    call's replies (``ctx.messages``, ``MessageSequencePromise.open()``) has nothing to cancel: the block only
+    reads it.
     """
 
-    __slots__ = ()
+    __slots__ = ("_call",)
 
     _buffer: ReplayBuffer[Item]
+    #: The call whose replies these are while it runs, CONCLUDED after it ended, None for other sequences.
+    _call: AgentCall | object | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -97,17 +121,19 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
         seq._buffer = buffer
         seq._resolver = tuple
         seq._whole = None
+        seq._call = None
         return seq
 
     @classmethod
     def open(cls) -> tuple[MessageSequencePromise, MessageSequenceWriter]:  # type: ignore[override]
         """Return a new sequence and its writer; async parts are pumped by the current call or context."""
-        from miniagents._scope import current_owner
-
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
         call = None if owner is context else cast("AgentCall", owner)
-        return cls._from_buffer(builder.buffer), MessageSequenceWriter(builder, call)
+        writer = MessageSequenceWriter(builder, call)
+        if call is None:
+            context.track_block_writer(writer)  # failed at the context's exit if still open
+        return cls._from_buffer(builder.buffer), writer
 
     @classmethod
     def resolved(cls, messages: Iterable[Message]) -> MessageSequencePromise:
@@ -143,10 +169,45 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
         """Wait for every message and return their contents joined by *separator*."""
         return separator.join(message.content for message in await self)
 
+    async def __aenter__(self) -> MessageSequencePromise:
+        call = self._call
+        if call is not None and call is not CONCLUDED:
+            inner = current_call.get()
+            while inner is not None:
+                if inner is call:
+                    raise MiniAgentsError(
+                        f"a block scoping the call to agent {inner.agent.alias!r} cannot run inside that call "
+                        "(leaving the block would wait for the call it is part of)"
+                    )
+                inner = inner.parent
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        call = self._call
+        if call is None:
+            return  # not a call's replies: nothing to cancel
+        buffer = self._buffer
+        if call is not CONCLUDED:
+            cast("AgentCall", call).cancel()
+            # Cancelled, the call ends promptly; wait for it even if this task is being cancelled, so that
+            # nothing it started outlives the block (a nursery waits for its children the same way).
+            with anyio.CancelScope(shield=True):
+                while not buffer.done:
+                    await buffer.wait_beyond(len(buffer.pieces))
+        error = buffer.error
+        if exc_type is None and error is not None and buffer.unobserved():
+            buffer.raise_error()
+
     def __repr__(self) -> str:
         stats = self._buffer.statistics()
         state = "failed" if stats.failed else ("done" if stats.done else "open")
         return f"<MessageSequencePromise {state}, {stats.pieces} messages>"
+
+
+#: The ``_call`` of a call's reply sequence once the call has ended (no reference kept: no reference cycle).
+CONCLUDED: Any = object()
 
 
 class _MessageIterator:
@@ -172,6 +233,8 @@ class _MessageIterator:
             if index < len(pieces):
                 self._index = index + 1
                 item = pieces[index]
+                if buffer.done and index + 1 == len(pieces):
+                    buffer.read_last()  # (it may be the ErrorMessage of errors_as_messages)
                 if isinstance(item, MessagePromise):
                     message = item._message
                     if message is None:
@@ -270,6 +333,7 @@ class SequenceBuilder:
 
     __slots__ = (
         "_activation",
+        "_context",
         "_finishing",
         "_flush_scheduled",
         "_forwarded_error",
@@ -290,6 +354,7 @@ class SequenceBuilder:
     def __init__(self, context: MiniAgents | None, owner: TaskOwner | None) -> None:
         self.buffer: ReplayBuffer[Item] = ReplayBuffer(None if context is None else context.ledger)
         self._owner = owner
+        self._context = context
         self._persist: Callable[[Message], None] | None = (
             context.persist if context is not None and context.persists else None
         )
@@ -298,7 +363,7 @@ class SequenceBuilder:
         # a call allocates is work for the garbage collector when thousands of calls are in flight.
         self._ordered: deque[list[Iterator[Any]]] | None = None
         self._ordered_running = False
-        self._oo_units: list[list[Iterator[Any]]] | None = None
+        self._oo_units: dict[int, list[Iterator[Any]]] | None = None  # by number, in send order
         self._oo_count = 0
         self._staged: list[tuple[int, int, Item]] | None = None
         self._flush_scheduled = False
@@ -319,6 +384,9 @@ class SequenceBuilder:
             assert self._ordered is not None
             self._ordered.append([iter((messages,))])
             return
+        if self._staged:
+            # Out-of-order items already produced were available before this send: they come first.
+            self._flush_staged()
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
             buffer.pieces.append(messages)  # _append, inlined: this runs once per message per hop
             event = buffer._event
@@ -347,14 +415,16 @@ class SequenceBuilder:
         """Append the ready part of *messages* now and the rest as soon as it is available."""
         if self.buffer.done or self._finishing:
             raise SequenceClosedError("cannot send to a sequence that is already finished")
+        if self._staged:
+            self._flush_staged()  # produced before this send: they come first (see send())
         stack: list[Iterator[Any]] = [iter((messages,))]
         head = self._flatten_ready(stack)
         if head is not _DONE:
             stack.append(iter((head,)))
             if self._oo_units is None:
-                self._oo_units = []
-            self._oo_units.append(stack)
+                self._oo_units = {}
             self._oo_count += 1
+            self._oo_units[self._oo_count] = stack
             self._start_pump(self._run_out_of_order, stack, self._oo_count)
 
     def finish(self) -> None:
@@ -413,12 +483,18 @@ class SequenceBuilder:
                     append(item)
                 elif isinstance(item, MessageSequencePromise):
                     buffer = item._buffer
+                    if buffer is self.buffer:
+                        raise SequenceCycleError(
+                            "a sequence cannot be sent into itself (e.g. an agent replying its own reply "
+                            "sequence): it would feed on what it appends and grow forever"
+                        )
                     pieces = buffer.pieces
                     forward = self._forwarder(buffer, append)
                     for piece in pieces:
                         forward(piece)
                     if not buffer.done or buffer.error is not None:
                         return _Continuation(item, len(pieces))
+                    buffer.read_last()  # forwarded whole: an ErrorMessage in it was delivered
                 elif isinstance(item, _Continuation):
                     return item
                 elif isinstance(item, str):
@@ -467,6 +543,7 @@ class SequenceBuilder:
                     if buffer.error is not None:
                         self._forwarded_error = buffer.error
                         buffer.pass_error_on()
+                    buffer.read_last()  # forwarded whole: an ErrorMessage in it was delivered
                     return
                 await buffer.wait_beyond(index)
         async for value in head:
@@ -514,6 +591,14 @@ class SequenceBuilder:
             raise
         except Exception as exc:
             (self.on_pump_error or self._fail_from_pump)(exc, exc is self._forwarded_error)
+            self._pump_ended()
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a source: the context stops
+            if self.on_pump_error is not None:
+                self.on_pump_error(exc, False)  # the call reports it to its context
+            else:
+                self._fail_from_pump(exc, False)
+                if self._context is not None:
+                    self._context._fatal_error(exc)
             self._pump_ended()
         else:
             if scope.cancelled_caught:
@@ -569,7 +654,7 @@ class SequenceBuilder:
             await self._feed(stack, stage)
         finally:
             assert self._oo_units is not None
-            self._oo_units.remove(stack)
+            self._oo_units.pop(number, None)  # (salvage() may have cleared them already)
 
     async def _flush_soon(self) -> None:
         # Out-of-order items that become available at the same moment (in one scheduling round, which trio
@@ -596,7 +681,7 @@ class SequenceBuilder:
         Used when a producer fails or is cancelled: replies made before the failure must not be lost.
         """
         self._flush_staged()
-        units = [*(self._oo_units or ()), *(self._ordered or ())]
+        units = [*(self._oo_units or {}).values(), *(self._ordered or ())]
         if self._oo_units:
             self._oo_units.clear()
         if self._ordered:

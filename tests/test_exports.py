@@ -15,6 +15,7 @@ PUBLIC = {
     "CallOutcome",
     "CallRecord",
     "CallStatistics",
+    "ContextAttachment",
     "ContextStatistics",
     "ErrorMessage",
     "FrozenDict",
@@ -37,11 +38,13 @@ PUBLIC = {
     "RateLimit",
     "RateLimiter",
     "SequenceClosedError",
+    "SequenceCycleError",
     "StopLoop",
     "Store",
     "StreamWriter",
     "StreamedPromise",
     "TextMessage",
+    "WrongEventLoopError",
     "__version__",
     "achain_loop",
     "api_key_fingerprint",
@@ -79,3 +82,20 @@ def test_testing_kit_exports_resolve() -> None:
 
     for name in testing.__all__:
         assert getattr(testing, name) is not None, name
+
+
+def test_asgi_namespace_is_pinned() -> None:
+    import miniagents.asgi as asgi
+
+    assert asgi.__all__ == sorted(
+        [
+            "EventStreamResponse",
+            "MiniAgentsMiddleware",
+            "ServerSentEvent",
+            "error_details",
+            "error_payload",
+            "reply_events",
+        ]
+    )
+    for name in asgi.__all__:
+        assert getattr(asgi, name).__module__ == "miniagents.asgi", name

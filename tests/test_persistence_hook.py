@@ -19,7 +19,7 @@ from miniagents import (
     TextMessage,
     miniagent,
 )
-from miniagents._context import ErrorLedger
+from miniagents._ledger import ErrorLedger
 from miniagents._sequence import SequenceBuilder
 
 pytestmark = pytest.mark.anyio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 TAG = "$t"
 REF = "ref"
 _PLAIN = (str, int, float, bool, type(None))
+_SCALARS = frozenset({str, int, bool, type(None)})  # exact types: a subclass may encode otherwise
 _MESSAGE_CLASS = f"{Message.__module__}:{Message.__qualname__}"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
@@ -101,7 +103,14 @@ def encode_kwargs(kwargs: FrozenDict[str, Any]) -> str:
     """
     if not kwargs:
         return "{}"
-    return _dumps(Message(kwargs=_describe_references(kwargs)).to_dict()["kwargs"])
+    for name, value in kwargs.items():
+        kind = type(value)
+        plain = kind in _SCALARS or (kind is float and math.isfinite(value))
+        if not plain or type(name) is not str or "$" in name:
+            return _dumps(Message(kwargs=_describe_references(kwargs)).to_dict()["kwargs"])
+    # The common case, by the writer thread for every call: names with plain values, which the general
+    # path encodes as themselves (non-finite floats and "$" in a name are tagged there).
+    return _dumps(dict(kwargs))
 
 
 def _describe_references(value: Any) -> Any:

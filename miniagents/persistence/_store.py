@@ -34,6 +34,10 @@ class StoreStatistics:
     stored_messages: int
     stored_calls: int
     failed_items: int
+    #: How many times handing items over waited for the writer because ``max_queued`` items were waiting,
+    #: and for how long in all (seconds).
+    throttled: int = 0
+    throttled_seconds: float = 0.0
 
 
 class SQLiteStore:
@@ -44,8 +48,9 @@ class SQLiteStore:
     ``store.on_call_finished``) as handlers and close the store yourself (``await store.aclose()``, or
     ``async with store:`` around the block).
 
-    How it writes: the handlers only append to an in-memory queue (no I/O, no lock held, never blocks the
-    event loop).  A writer thread owns the only write connection (WAL mode) and commits the queue in batches:
+    How it writes: the handlers only append to an in-memory queue (no I/O, no lock held; they block the event
+    loop only while ``max_queued`` items wait, i.e. when the writer has fallen far behind).  A writer thread
+    owns the only write connection (WAL mode) and commits the queue in batches:
     when ``batch_size`` items are waiting or ``flush_interval`` seconds after the first one, in one
     transaction per batch.  Messages are stored once per ``hash_key`` (also across runs and processes sharing
     the file); nested messages are stored as rows of their own and referenced.  Each finished call is stored
@@ -68,7 +73,19 @@ class SQLiteStore:
     Reads (:meth:`get`, :meth:`calls`, :meth:`replies`, :meth:`conversation` ...) are awaitable: they first
     wait until everything queued so far is committed, then read in a worker thread.  :attr:`reader` gives the
     same queries synchronously (see :class:`StoreReader`, also used by ``python -m miniagents.persistence``).
+
+    Memory stays bounded however many messages a long-lived context hands it: the queue holds what is not
+    committed yet, at most ``max_queued`` items (beyond that, handing over waits for the writer), the writer
+    remembers the row ids of at most ~131,000 recent messages (to record calls
+    without a lookup; more only while a single batch has more), and SQLite's page cache is at most 64 MiB for
+    the writer's connection (2 MiB for the reader's).  Because the store keeps each message once by itself, it declares
+    :attr:`deduplicates_by_hash_key`, and a ``MiniAgents`` context whose only handlers are stores like it
+    remembers a bounded number of recent keys instead of every key it has seen.
     """
+
+    #: Part of the :class:`~miniagents.Store` protocol: a message handed over again (after the context dropped
+    #: its key from its bounded cache, or in a later run) is found by its key and not stored twice.
+    deduplicates_by_hash_key = True
 
     def __init__(
         self,
@@ -79,6 +96,7 @@ class SQLiteStore:
         durable: bool = False,
         timeout: float = 30.0,
         on_commit: CommitHook | None = None,
+        max_queued: int | None = 100_000,
     ) -> None:
         """Create a store for the file *path* (created and migrated on first use).
 
@@ -90,12 +108,21 @@ class SQLiteStore:
             timeout: how long to wait for another process's write lock before a write fails.
             on_commit: called in the writer thread after each commit with the hash keys of the messages that
                 commit made durable (for monitoring and tests); its exceptions are raised like write errors.
+            max_queued: the most items (messages and call records) waiting for the writer thread, give or take
+                one ``batch_size`` (it is checked once per batch): handing over more blocks the calling thread
+                (the event loop, through the ``MiniAgents`` persistence worker)
+                until half of them are committed, so a store that falls behind for long holds bounded memory
+                instead of a queue that grows until the process runs out of it.  Reached only under sustained
+                overload, e.g. an event loop that never idles, which starves the writer thread of the GIL;
+                :meth:`statistics` counts the waits.  ``None``: never wait (the queue is unbounded).
 
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if flush_interval < 0:
             raise ValueError("flush_interval must not be negative")
+        if max_queued is not None and max_queued < batch_size:
+            raise ValueError(f"max_queued must be at least batch_size ({batch_size}), got {max_queued}")
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file:"):
             raise ValueError("SQLiteStore needs a file path")
@@ -104,6 +131,7 @@ class SQLiteStore:
         self.durable = durable
         self.timeout = timeout
         self.on_commit = on_commit
+        self.max_queued = max_queued
         self._writer: Writer | None = None
         self._reader: StoreReader | None = None
         self._reported = 0
@@ -124,6 +152,8 @@ class SQLiteStore:
         size = len(queue)
         if size == 1 or size % writer.batch_size == 0:
             writer.wake()
+            if size > writer.max_queued:  # checked once per batch_size items: nothing added per message
+                writer.throttle()
         if writer.errors or writer.open_error is not None:
             self._raise_new_errors(writer)
 
@@ -141,6 +171,8 @@ class SQLiteStore:
         batch_size = writer.batch_size
         if before == 0 or (before + len(messages)) // batch_size != before // batch_size:
             writer.wake()
+        if before + len(messages) > writer.max_queued:
+            writer.throttle()
         if writer.errors or writer.open_error is not None:
             self._raise_new_errors(writer)
 
@@ -224,7 +256,13 @@ class SQLiteStore:
             return StoreStatistics(0, 0, 0, 0, 0)
         queued = sum(1 for item in list(writer.queue) if isinstance(item, (Message, CallRecord)))
         return StoreStatistics(
-            queued, writer.commits, writer.stored_messages, writer.stored_calls, writer.failed_items
+            queued,
+            writer.commits,
+            writer.stored_messages,
+            writer.stored_calls,
+            writer.failed_items,
+            writer.throttled,
+            writer.throttled_seconds,
         )
 
     def _start(self) -> Writer:
@@ -235,6 +273,7 @@ class SQLiteStore:
             durable=self.durable,
             timeout=self.timeout,
             on_commit=self.on_commit,
+            max_queued=self.max_queued,
         )
         self._writer = writer
         self._reported = 0

@@ -18,6 +18,7 @@ import functools
 import itertools
 import operator
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +34,11 @@ from miniagents.persistence._schema import key_prefix, migrate
 Item = Message | CallRecord
 CommitHook = Callable[[Sequence[str]], None]
 _MAX_KEPT_ERRORS = 20
-_ID_CACHE_LIMIT = 2_000_000
+# The row ids of recent messages (the writer's only per-message memory, ~80-190 bytes each): lets a call record
+# and a message handed over again skip a lookup.  Cleared when a commit would take it past the limit, then
+# refilled with that commit's messages, so it holds max(limit, one batch's messages) at most; a miss costs an
+# INSERT OR IGNORE and a SELECT by key prefix, never a wrong id.  Large enough for a call of 100k messages.
+_ID_CACHE_LIMIT = 1 << 17
 _SELECT_CHUNK = 500
 # The cached key (set by the runtime, which computes every key before handing a message over); ``None`` when
 # it was not computed, which fails the id lookup and takes the slow path through the ``hash_key`` property.
@@ -46,6 +51,13 @@ _INSERT_ROW = _INSERT_HEAD + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # statement (constants, after the row columns): four values to bind per row instead of six.
 _INSERT_SIMPLE_HEAD = "INSERT OR IGNORE INTO messages (id, key_prefix, hash_key, content, class, stored_at)"
 _SIMPLE_WIDTH = 4
+_INSERT_CALL_HEAD = (
+    "INSERT OR IGNORE INTO calls (id, run_id, call_id, parent_call_id, agent_alias, kwargs, started_at,"
+    " finished_at, outcome, error_type, error)"
+)
+_CALL_WIDTH = 11
+_INSERT_CALL_MESSAGES_HEAD = "INSERT INTO call_messages (call, direction, count, message_ids)"
+_CALL_MESSAGES_WIDTH = 4
 #: Bound values per statement when SQLite cannot tell (its limit before 3.32, and on Python 3.10).
 _MIN_VARIABLES = 999
 #: Rows per multi-row INSERT at most (a power of two; larger statements gain nothing measurable).
@@ -166,6 +178,7 @@ class Writer:
         durable: bool,
         timeout: float,
         on_commit: CommitHook | None,
+        max_queued: int | None = None,
     ) -> None:
         self.path = path
         self.batch_size = batch_size
@@ -173,16 +186,21 @@ class Writer:
         self.durable = durable
         self.timeout = timeout
         self.on_commit = on_commit
+        #: Above this many queued items, handing over more waits (see :meth:`throttle`); never when ``None``.
+        self.max_queued = sys.maxsize if max_queued is None else max_queued
         self.queue: deque[Item | FlushRequest] = deque()
         self.errors: list[BaseException] = []
         self.failed_items = 0
         self.commits = 0
         self.stored_messages = 0
         self.stored_calls = 0
+        self.throttled = 0
+        self.throttled_seconds = 0.0
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
         self.finished = False
         self._wake = threading.Event()
+        self._committed_one = threading.Event()  # set after every commit, for throttle()
         self._urgent = False
         self._ids: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
@@ -196,12 +214,36 @@ class Writer:
         self._thread.start()
 
     def put(self, item: Item) -> None:
-        """Queue *item*; never blocks."""
+        """Queue *item*; blocks only when more than :attr:`max_queued` items wait (see :meth:`throttle`)."""
         queue = self.queue
         queue.append(item)
         size = len(queue)
         if size == 1 or size % self.batch_size == 0:
             self._wake.set()
+            if size > self.max_queued:
+                self.throttle()
+
+    def throttle(self) -> None:
+        """Block the calling thread until at most half of :attr:`max_queued` items wait (or the thread ended).
+
+        The bound on the queue's memory when items come faster than they are committed for long.  That
+        happens without any slow disk: while the event loop never idles, CPython hardly ever hands the GIL
+        to a waiting thread (the loop releases and re-takes it all the time, so no switch is forced), and the
+        writer thread, which needs the GIL for its Python work, starves.  Blocking here releases the GIL
+        until the writer has caught up.
+        """
+        started = time.perf_counter()
+        self.throttled += 1
+        self._urgent = True
+        self._wake.set()
+        low = self.max_queued // 2
+        committed = self._committed_one
+        while len(self.queue) > low and not self.finished:
+            committed.clear()
+            if len(self.queue) <= low or self.finished:
+                break
+            committed.wait(0.05)
+        self.throttled_seconds += time.perf_counter() - started
 
     def wake(self) -> None:
         """Wake the thread (after appending to :attr:`queue` directly, as :meth:`put` does)."""
@@ -243,6 +285,7 @@ class Writer:
             self._loop()
         finally:
             self.finished = True
+            self._committed_one.set()
             self._db.close()
 
     def _loop(self) -> None:
@@ -269,6 +312,7 @@ class Writer:
                     batch.append(item)
                 if batch:
                     self._commit(batch)
+                    self._committed_one.set()
                 if request is not None:
                     request.done.set()
                     closing = request.closing
@@ -399,9 +443,7 @@ class Writer:
                 inserted_messages = 0
             if refs:
                 db.executemany("INSERT OR IGNORE INTO message_refs VALUES (?, ?, ?)", refs)
-            inserted_calls = 0
-            for record, input_ids, reply_ids in calls:
-                inserted_calls += self._write_call(db, record, input_ids, reply_ids)
+            inserted_calls = self._write_calls(db, calls, self._max_variables) if calls else 0
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -490,13 +532,22 @@ class Writer:
         return added
 
     @staticmethod
-    def _write_call(
-        db: sqlite3.Connection, record: CallRecord, input_ids: list[int], reply_ids: list[int]
+    def _write_calls(
+        db: sqlite3.Connection, calls: list[tuple[CallRecord, list[int], list[int]]], max_variables: int
     ) -> int:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO calls (run_id, call_id, parent_call_id, agent_alias, kwargs, started_at,"
-            " finished_at, outcome, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+        """Store the records of *calls* (each with its input and reply message ids); return how many were new.
+
+        A few multi-row statements for the whole batch, not four statements per call: each statement releases
+        and re-takes the GIL, and with the event loop busy every re-take waits for it (one statement per call
+        left the writer thread far behind a service making thousands of calls per second).  Calls get ids
+        after the largest one (the transaction holds the write lock); a call stored already (same ``run_id``
+        and ``call_id``) is ignored, with its messages, and leaves its run's times as they are.
+        """
+        first: int = db.execute("SELECT coalesce(max(id), 0) + 1 FROM calls").fetchone()[0]
+        values: list[Any] = []
+        for offset, (record, _, _) in enumerate(calls):
+            values += (
+                first + offset,
                 record.run_id,
                 record.call_id,
                 record.parent_call_id,
@@ -507,22 +558,33 @@ class Writer:
                 record.outcome,
                 record.error_type,
                 record.error,
-            ),
-        )
-        if cursor.rowcount != 1:
-            return 0  # recorded already
-        call = cursor.lastrowid
-        db.executemany(
-            "INSERT INTO call_messages VALUES (?, ?, ?, ?)",
-            [
-                (call, "input", len(input_ids), pack_ids(input_ids)),
-                (call, "reply", len(reply_ids), pack_ids(reply_ids)),
-            ],
-        )
-        db.execute(
-            "INSERT INTO runs VALUES (?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
-            " started_at = min(started_at, excluded.started_at),"
-            " finished_at = max(finished_at, excluded.finished_at)",
-            (record.run_id, record.started_at, record.finished_at),
-        )
-        return 1
+            )
+        before = db.total_changes
+        insert_flat(db, _INSERT_CALL_HEAD, _CALL_WIDTH, values, max_variables)
+        inserted = db.total_changes - before
+        new_calls: Sequence[int] = range(len(calls))
+        if inserted != len(calls):
+            stored = {row[0] for row in db.execute("SELECT id FROM calls WHERE id >= ?", (first,))}
+            new_calls = [offset for offset in new_calls if first + offset in stored]
+        links: list[Any] = []
+        runs: dict[str, tuple[float, float]] = {}
+        for offset in new_calls:
+            record, input_ids, reply_ids = calls[offset]
+            call = first + offset
+            links += (call, "input", len(input_ids), pack_ids(input_ids))
+            links += (call, "reply", len(reply_ids), pack_ids(reply_ids))
+            span = runs.get(record.run_id)
+            runs[record.run_id] = (
+                (record.started_at, record.finished_at)
+                if span is None
+                else (min(span[0], record.started_at), max(span[1], record.finished_at))
+            )
+        insert_flat(db, _INSERT_CALL_MESSAGES_HEAD, _CALL_MESSAGES_WIDTH, links, max_variables)
+        for run_id, (started_at, finished_at) in runs.items():
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+                " started_at = min(started_at, excluded.started_at),"
+                " finished_at = max(finished_at, excluded.finished_at)",
+                (run_id, started_at, finished_at),
+            )
+        return inserted
