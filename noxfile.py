@@ -72,6 +72,7 @@ def examples(session: nox.Session) -> None:
         "tests/test_example_rate_limits.py",
         "tests/test_example_tracing.py",
         "tests/test_example_cassettes.py",
+        "tests/test_example_web_service.py",
         "-p",
         "no:cacheprovider",
         *session.posargs,
