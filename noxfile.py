@@ -85,8 +85,10 @@ def bench(session: nox.Session) -> None:
 
     W1-W6 vs upstream miniagents 0.0.35, a raw-anyio floor and the openai client (`run.py`, ~9 min; rewrites
     docs/benchmarks.md and its chart after a full run), then persistence (store on/off), rate limits
-    (acquire cost, limited throughput) and tracing (off / unconfigured / SDK vs the runtime before the hook).
-    Not part of the test command.
+    (acquire cost, limited throughput), tracing (off / unconfigured / SDK vs the runtime before the hook) and
+    the persistence soak (1M calls through one open context with SQLiteStore: RSS flat, rows exact; a few
+    minutes; 20,000 calls under --quick), and call-chain depth (complete / cancel cost at depth 10 to 5,000 on
+    both backends, with per-level cost ratios).  Not part of the test command.
     """
     session.install("-e", ".[bench,test]")
     quick = ["--quick"] if "--quick" in session.posargs else []
@@ -94,3 +96,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_persistence.py")
     session.run("python", "benchmarks/bench_limits.py", *(["--calls", "2000"] if quick else []))
     session.run("python", "benchmarks/bench_tracing.py", *quick)
+    session.run("python", "benchmarks/bench_depth.py", *quick)
+    session.run("python", "benchmarks/bench_soak.py", *(["--calls", "20000"] if quick else []))
