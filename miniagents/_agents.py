@@ -690,14 +690,20 @@ class AgentCall:
         if failure is not None:
             if self.context.errors_as_messages and not isinstance(failure, StopLoop):
                 replies.salvage()
-                replies._append(
+                error_message = MessagePromise.resolved(
                     ErrorMessage(
                         content=f"{type(failure).__name__}: {failure}",
                         error_type=type(failure).__name__,
                         agent_alias=self.agent.alias,
                     )
                 )
-                replies.buffer.close_with_error_message(failure, record=not self._failure_passed_on)
+                ledger = replies.buffer._ledger
+                if ledger is not None and not self._failure_passed_on:
+                    # The failure counts until a consumer has read its ErrorMessage (wherever it went).
+                    ledger.record(failure)
+                    error_message._observes = (ledger, failure)
+                replies._append(error_message)
+                replies.buffer.close()
             else:
                 replies.fail(failure, record=not self._failure_passed_on)
         elif cancelled:

@@ -52,22 +52,17 @@ class ReplayBuffer(Generic[P]):
         "_tb",
         "done",
         "error",
-        "message_error",
         "pieces",
     )
 
     pieces: list[P]
     done: bool
     error: BaseException | None
-    #: With ``errors_as_messages``: the failure whose ``ErrorMessage`` is the last piece (observed once a
-    #: consumer has read that piece).
-    message_error: BaseException | None
 
     def __init__(self, ledger: ErrorLedger | None = None) -> None:
         self.pieces = []
         self.done = False
         self.error = None
-        self.message_error = None
         self._tb: TracebackType | None = None
         self._frames: Tracebacks | None = None  # taken off the error's chain by the ledger (see _ledger.py)
         self._event: anyio.Event | None = None
@@ -129,22 +124,6 @@ class ReplayBuffer(Generic[P]):
         """Whether the buffer failed with an error that the ledger still counts as not observed."""
         error = self.error
         return error is not None and self._ledger is not None and self._ledger.is_open(error)
-
-    def close_with_error_message(self, error: BaseException, *, record: bool = True) -> None:
-        """Close the buffer whose last piece is the ``ErrorMessage`` of *error* (``errors_as_messages``).
-
-        The failure counts in the ledger until a consumer has read that last piece, as an error counts until
-        a consumer has had it raised: errors are never lost in either mode.
-        """
-        if self.close() and record and self._ledger is not None and not isinstance(error, StopLoop):
-            self.message_error = error
-            self._ledger.record(error)
-
-    def read_last(self) -> None:
-        """A consumer read the last piece of the closed buffer: an error delivered as that message is observed."""
-        error = self.message_error
-        if error is not None and self._ledger is not None:
-            self._ledger.observe(error)
 
     def mark_observed(self, error: BaseException) -> None:
         """Tell the error ledger that a consumer has had *error* raised."""
@@ -210,8 +189,6 @@ class BufferIterator(Generic[P]):
             pieces = buffer.pieces
             if index < len(pieces):
                 self._index = index + 1
-                if buffer.done and index + 1 == len(pieces):
-                    buffer.read_last()
                 return pieces[index]
             if buffer.done:
                 if buffer.error is not None:

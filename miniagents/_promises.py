@@ -346,7 +346,9 @@ class MessagePromise(StreamedPromise[str, Message]):
     was not streamed, iteration yields its whole content as one token (none if the content is empty).
     """
 
-    __slots__ = ("_callbacks", "_message", "known_beforehand", "message_class")
+    __slots__ = ("_callbacks", "_message", "_observes", "known_beforehand", "message_class")
+
+    _observes: tuple[ErrorLedger, BaseException] | None
 
     known_beforehand: FrozenDict[str, Any]
     message_class: type[Message]
@@ -367,9 +369,19 @@ class MessagePromise(StreamedPromise[str, Message]):
         promise._whole = _PENDING
         promise._message = None
         promise._callbacks = None
+        # (ledger, failure) when this is the ErrorMessage of a failure (errors_as_messages): reading it
+        # observes the failure, whichever sequence it was forwarded to.
+        promise._observes = None
         promise.message_class = message_class
         promise.known_beforehand = known
         return promise
+
+    def _observed(self) -> None:
+        """A consumer read this ErrorMessage: the failure it stands for was observed."""
+        observes = self._observes
+        if observes is not None:
+            self._observes = None
+            observes[0].observe(observes[1])
 
     @classmethod
     def open(  # type: ignore[override]  # an alternative constructor with its own signature

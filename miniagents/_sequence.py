@@ -233,9 +233,9 @@ class _MessageIterator:
             if index < len(pieces):
                 self._index = index + 1
                 item = pieces[index]
-                if buffer.done and index + 1 == len(pieces):
-                    buffer.read_last()  # (it may be the ErrorMessage of errors_as_messages)
                 if isinstance(item, MessagePromise):
+                    if item._observes is not None:
+                        item._observed()  # the ErrorMessage of a failure (errors_as_messages) was read
                     message = item._message
                     if message is None:
                         try:
@@ -266,7 +266,11 @@ class _PromiseIterator:
 
     async def __anext__(self) -> MessagePromise:
         item = await self._items.__anext__()
-        return item if isinstance(item, MessagePromise) else MessagePromise.resolved(item)
+        if isinstance(item, MessagePromise):
+            if item._observes is not None:
+                item._observed()
+            return item
+        return MessagePromise.resolved(item)
 
 
 class MessageSequenceWriter:
@@ -334,6 +338,7 @@ class SequenceBuilder:
     __slots__ = (
         "_activation",
         "_context",
+        "_deferred",
         "_finishing",
         "_flush_scheduled",
         "_forwarded_error",
@@ -367,6 +372,8 @@ class SequenceBuilder:
         self._oo_count = 0
         self._staged: list[tuple[int, int, Item]] | None = None
         self._flush_scheduled = False
+        # _ordered_running or _flush_scheduled: send() takes its fast path only when neither is set.
+        self._deferred = False
         self._pumps = 0
         self._pump_scopes: set[anyio.CancelScope] | None = None
         self._finishing = False
@@ -380,12 +387,12 @@ class SequenceBuilder:
         buffer = self.buffer
         if buffer.done or self._finishing:
             raise SequenceClosedError("cannot send to a sequence that is already finished")
-        if self._ordered_running:
-            assert self._ordered is not None
-            self._ordered.append([iter((messages,))])
-            return
-        if self._staged:
-            # Out-of-order items already produced were available before this send: they come first.
+        if self._deferred:  # one test on the hot path for both cases below
+            if self._ordered_running:
+                assert self._ordered is not None
+                self._ordered.append([iter((messages,))])
+                return
+            # Out-of-order items staged for the next flush were produced before this send: they come first.
             self._flush_staged()
         if isinstance(messages, (Message, MessagePromise)):  # the hot path: one ready item
             buffer.pieces.append(messages)  # _append, inlined: this runs once per message per hop
@@ -408,7 +415,7 @@ class SequenceBuilder:
             if self._ordered is None:
                 self._ordered = deque()
             self._ordered.append(stack)
-            self._ordered_running = True
+            self._ordered_running = self._deferred = True
             self._start_pump(self._run_ordered)
 
     def send_out_of_order(self, messages: MessageType) -> None:
@@ -494,7 +501,6 @@ class SequenceBuilder:
                         forward(piece)
                     if not buffer.done or buffer.error is not None:
                         return _Continuation(item, len(pieces))
-                    buffer.read_last()  # forwarded whole: an ErrorMessage in it was delivered
                 elif isinstance(item, _Continuation):
                     return item
                 elif isinstance(item, str):
@@ -543,7 +549,6 @@ class SequenceBuilder:
                     if buffer.error is not None:
                         self._forwarded_error = buffer.error
                         buffer.pass_error_on()
-                    buffer.read_last()  # forwarded whole: an ErrorMessage in it was delivered
                     return
                 await buffer.wait_beyond(index)
         async for value in head:
@@ -640,6 +645,7 @@ class SequenceBuilder:
             raise
         finally:
             self._ordered_running = False
+            self._deferred = self._flush_scheduled
 
     async def _run_out_of_order(self, stack: list[Iterator[Any]], number: int) -> None:
         def stage(item: Item) -> None:
@@ -647,7 +653,7 @@ class SequenceBuilder:
                 self._staged = []
             self._staged.append((number, len(self._staged), item))
             if not self._flush_scheduled:
-                self._flush_scheduled = True
+                self._flush_scheduled = self._deferred = True
                 self._start_pump(self._flush_soon)
 
         try:
@@ -666,6 +672,7 @@ class SequenceBuilder:
 
     def _flush_staged(self) -> None:
         self._flush_scheduled = False
+        self._deferred = self._ordered_running
         staged = self._staged
         if staged:
             self._staged = None

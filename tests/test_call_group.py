@@ -1,7 +1,8 @@
 """A call's own task group (trio's nursery on trio, a scoped child group on asyncio) behaves like a task group.
 
-On asyncio a call runs its agent function in a cancel scope of its own and its children in the context's group
-(each in a scope the call owns), which is much cheaper than an anyio task group per call.  These tests pin the
+On asyncio a call runs its agent function in a cancel scope of its own and its children as plain asyncio tasks
+(each in a scope the call owns, a watcher carrying the context's cancellation down), which is much cheaper than
+an anyio task group per call.  These tests pin the
 task-group guarantees the runtime relies on, on both backends.
 """
 

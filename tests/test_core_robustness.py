@@ -566,18 +566,29 @@ async def test_with_errors_as_messages_a_consumer_that_read_the_error_message_ob
     assert seen == ["partial", "Boom: boom"]
 
 
-async def test_with_errors_as_messages_a_forwarding_agent_delivers_the_error_message_and_observes_it() -> (
-    None
-):
+async def test_with_errors_as_messages_a_forwarded_error_message_is_observed_where_it_is_read() -> None:
     with anyio.fail_after(HANG):
         async with MiniAgents(errors_as_messages=True) as ma:
             call = forwards_the_failing_call.initiate_call()
             replies = call.reply_sequence()
             await wait_done(call)
-            assert ma.statistics().unobserved_errors == 0  # the forwarder read the ErrorMessage
+            # Forwarding is not reading: the failure still counts until a consumer of the forwarder reads it.
+            assert ma.statistics().unobserved_errors == 1
             messages = await replies
+            assert ma.statistics().unobserved_errors == 0
     assert [str(m) for m in messages] == ["partial", "Boom: boom"]
     assert isinstance(messages[-1], ErrorMessage) and messages[-1].agent_alias == "fails_with_boom"
+
+
+async def test_with_errors_as_messages_a_forwarded_error_message_nobody_reads_is_raised_at_exit() -> None:
+    async def forward_and_leave_unread() -> None:
+        async with MiniAgents(errors_as_messages=True):
+            call = forwards_the_failing_call.initiate_call()
+            call.reply_sequence()
+            await wait_done(call)
+
+    with anyio.fail_after(HANG), pytest.raises(Boom, match="boom"):
+        await forward_and_leave_unread()
 
 
 @PROPERTY

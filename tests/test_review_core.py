@@ -1,7 +1,7 @@
 """Review of the core's concurrency structure: cancellation and failure in call trees, on trio and asyncio alike.
 
 On trio a call's children live in its nursery, so a cancellation that reaches a call reaches its whole subtree at
-once.  On asyncio a call's children run in the context's task group inside scopes the call owns; these tests pin
+once.  On asyncio a call's children are plain asyncio tasks inside scopes the call owns; these tests pin
 that the two give the same outcomes (examples, and a hypothesis property that runs the same random call trees
 with random cancellations, failures and deadlines on both backends and compares what the call observers saw).
 """
