@@ -39,6 +39,7 @@ from miniagents._exceptions import (
 )
 from miniagents._frozen import EMPTY
 from miniagents._ledger import ErrorLedger
+from miniagents._ledger import add_note as _add_note
 from miniagents._limits import RateLimiter
 from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 from miniagents._observe import CallObserver, resolve_observers
@@ -813,13 +814,3 @@ def _handler_list(handlers: Any, option: str) -> list[Any]:
         if not callable(handler):
             raise TypeError(f"{option} handlers must be callables, got {handler!r}")
     return result
-
-
-def _add_note(error: BaseException, note: str) -> None:
-    notes = getattr(error, "__notes__", None)
-    if notes and note in notes:
-        return
-    if hasattr(error, "add_note"):
-        error.add_note(note)
-    else:  # pragma: no cover - Python 3.10
-        error.__notes__ = [*(notes or ()), note]  # type: ignore[attr-defined]

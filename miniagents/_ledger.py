@@ -143,7 +143,11 @@ def restore_frames(tracebacks: Tracebacks) -> None:
 def _add_report(error: BaseException, recorded: tuple[float, traceback.TracebackException] | None) -> None:
     if recorded is None or error.__traceback__ is not None:
         return  # its frames are still there: Python prints them
-    note = _REPORT_NOTE + "\n" + "".join(recorded[1].format()).rstrip()
+    add_note(error, _REPORT_NOTE + "\n" + "".join(recorded[1].format()).rstrip())
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """Add *note* to *error* unless it has it already (``__notes__`` also on Python 3.10)."""
     notes = getattr(error, "__notes__", None)
     if notes and note in notes:
         return
