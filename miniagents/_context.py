@@ -439,6 +439,10 @@ class MiniAgents:
         if key in seen:
             return
         seen.add(key)
+        self._queue_new(message)
+
+    def _queue_new(self, message: Message) -> None:
+        """Queue a message seen for the first time, after the messages nested in it (both ``persist`` modes)."""
         extra = message._extra
         # It may hold messages when it has extra fields or declared ones.  (``extra is EMPTY`` first: the
         # truth test of a FrozenDict is a Python-level __len__ call.)
@@ -475,15 +479,7 @@ class MiniAgents:
                 self._seen_before, self._seen_before_in, self._seen = seen, activation, set()
             if recent:
                 return
-        extra = message._extra
-        if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[type(message)] is None:
-            for sub in message.sub_messages():
-                self.persist(sub)
-        self._persist_queue.append(message)
-        event = self._persist_event
-        if event is not None:
-            self._persist_event = None
-            event.set()
+        self._queue_new(message)
 
     def _update_dedup(self) -> None:
         """Decide the bound on remembered keys again, after a persistence handler was added."""
