@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import attrs
 
 from miniagents._frozen import FrozenDict
 from miniagents._messages import Message
+from miniagents._secrets import REDACTED, is_secret_name
 
 CallOutcome = Literal["completed", "failed", "cancelled"]
 
-#: Kwarg and mapping-key names whose values never leave the process in a record (API keys, tokens, ...).
-SECRET_NAME = re.compile(
-    r"api[_-]?key|secret|passw(?:or)?d|authori[sz]ation|credential|cookie|(?:^|[_-])token$", re.IGNORECASE
-)
-REDACTED = "<redacted>"
-
 
 def redact(value: Any) -> Any:
-    """Return *value* with every mapping entry whose key looks secret (:data:`SECRET_NAME`) replaced."""
+    """Return *value* with every mapping entry whose key is a secret name (:func:`is_secret_name`) replaced."""
     if isinstance(value, FrozenDict):
         return FrozenDict(
-            {
-                k: REDACTED if isinstance(k, str) and SECRET_NAME.search(k) else redact(v)
-                for k, v in value.items()
-            }
+            {k: REDACTED if isinstance(k, str) and is_secret_name(k) else redact(v) for k, v in value.items()}
         )
     if isinstance(value, tuple):
         return tuple(redact(v) for v in value)

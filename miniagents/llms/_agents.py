@@ -32,9 +32,13 @@ _OPTIONS_DOC = """
         reply_tool_messages: reply the tool-call turns and tool results too (default ``True``); when
             ``False`` only text turns are replied (hidden ones still go to persistence).
         api_key: the API key (default: the provider's environment variable).
-        base_url: the API base URL (default: the provider's environment variable, then the official URL).
+        base_url: the API base URL (default: the provider's environment variable, then the official URL).  A
+            query it holds (Azure's ``?api-version=``) is kept after the endpoint path.
         http_client: an ``httpx.AsyncClient`` to use instead of the context's pooled one.
-        timeout: the whole-call limit in seconds for each model request, retries and streaming included.
+        timeout: the whole-call limit in seconds for each model request, retries and streaming included; the
+            error keeps the request id once the response started.  A message is finished at the model's
+            terminal event (``[DONE]`` / ``message_stop``): a limit that passes later, while the rest of the
+            body is drained for connection reuse, cuts the drain, not the turn.
         connect_timeout, read_timeout: override the client's connect / between-chunks read timeouts.
         max_retries: retries of a failed request before its response starts (default 2).
         retry_policy: a :class:`~miniagents.llms.RetryPolicy` (overrides ``max_retries``).
@@ -80,7 +84,11 @@ _OPTIONS_DOC = """
     event raises :class:`~miniagents.llms.TruncatedStreamError`; a 2xx response that is not an event stream, or
     an event of the wrong shape, raises :class:`~miniagents.llms.MalformedResponseError`.  An API key or
     header value with non-ASCII characters raises :class:`~miniagents.llms.LLMError` before anything is sent
-    (naming the header, never the value).  Cancelling the call closes the HTTP stream.
+    (naming the header, never the value); a key or secret header value that the server echoes in an error body
+    is replaced by ``<redacted>`` in the error (its text, ``body`` and pickles, hence records and spans too).  A
+    2xx body without a content-type that is HTML or JSON, or holds no event at all, raises
+    :class:`~miniagents.llms.MalformedResponseError` with a snippet; so does an event-stream line longer than
+    16 MiB.  Cancelling the call closes the HTTP stream.
 """
 
 

@@ -10,6 +10,7 @@ from miniagents.llms._common import (
     PLACEHOLDER_USER_TURN,
     LLMOptions,
     ToolCallRecord,
+    endpoint_url,
     message_role,
     thaw,
     tool_calls_of,
@@ -190,7 +191,7 @@ class AnthropicSpec:
         headers = {"anthropic-version": options.anthropic_version}
         if api_key:
             headers["x-api-key"] = api_key
-        return f"{base_url}/v1/messages", headers, body
+        return endpoint_url(base_url, "v1/messages"), headers, body
 
     def decoder(self, options: LLMOptions, request_id: str | None) -> AnthropicDecoder:
         """Return a decoder for one stream."""

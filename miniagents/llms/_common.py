@@ -22,6 +22,7 @@ __all__ = [
     "StreamDecoder",
     "ToolCallRecord",
     "check_options",
+    "endpoint_url",
     "message_role",
     "parse_options",
 ]
@@ -226,7 +227,19 @@ def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:
 def resolve_base_url(options: LLMOptions, spec: ProviderSpec) -> str:
     """Return the base URL from the options, the environment, or the provider default (no trailing slash)."""
     url = options.base_url or os.environ.get(spec.base_url_env) or spec.default_base_url
-    return url.rstrip("/")
+    base, question, query = url.partition("?")
+    return f"{base.rstrip('/')}{question}{query}"
+
+
+def endpoint_url(base_url: str, path: str) -> str:
+    """Return *base_url* with *path* appended to its path, keeping its query.
+
+    An Azure-style ``https://host/openai/deployments/d?api-version=2024-10-21`` gives
+    ``https://host/openai/deployments/d/chat/completions?api-version=2024-10-21`` (not a path inside the query).
+    """
+    base, question, query = base_url.partition("?")
+    url = f"{base.rstrip('/')}/{path.lstrip('/')}"
+    return f"{url}?{query}" if question else url
 
 
 def message_role(message: Any) -> str:

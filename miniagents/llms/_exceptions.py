@@ -21,6 +21,7 @@ Every failure of an LLM call is raised as an :class:`LLMError` subclass::
 Guarantees: errors carry the HTTP ``status`` (``None`` for transport errors and mid-stream error events), the
 provider's error ``error_type``/``code`` and ``message``, the provider ``request_id`` and the ``provider`` name —
 and never the API key: neither ``str()``, ``repr()`` nor any attribute of these errors contains request headers,
+a key that the server echoed in its error body is replaced by ``<redacted>`` (:meth:`LLMError.redact`),
 and transport exceptions are neither chained nor kept as ``__context__`` (their type and text are kept in
 ``message``).  Problems of the call's own configuration found before anything is sent (an API key or header
 value with non-ASCII characters, an invalid base URL) raise a plain :class:`LLMError` that names the header or
@@ -30,7 +31,10 @@ text), naming the agent and the input message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from miniagents._secrets import redact_text
 
 __all__ = [
     "APIStatusError",
@@ -106,6 +110,24 @@ class LLMError(Exception):
             f"provider={self.provider!r})"
         )
 
+    def redact(self, secrets: Sequence[str]) -> None:
+        """Replace every occurrence of *secrets* in ``message``, ``body`` and ``args`` with ``<redacted>``.
+
+        The LLM agents call it once on every error of a model request, with the request's API key and the
+        values of its secret-named headers and query parameters, before the error is raised, traced, stored or
+        logged: a server that echoes the key in its error body (some proxies and compatible servers do) must
+        not leak it through ``str()``, ``repr()``, ``body``, pickles, ``CallRecord.error`` or spans.
+        """
+        if not secrets:
+            return
+        self.message = redact_text(self.message, secrets)
+        self.body = _redact_value(self.body, secrets)
+        self.args = tuple(_redact_value(arg, secrets) for arg in self.args)
+        for name in ("error_type", "code", "request_id"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, redact_text(value, secrets))
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Keeps the keyword-only attributes when pickled (e.g. sent to another process).
         return (_rebuild, (type(self), self.message, self._state()))
@@ -119,6 +141,16 @@ class LLMError(Exception):
             "provider": self.provider,
             "body": self.body,
         }
+
+
+def _redact_value(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, dict):
+        return {redact_text(str(k), secrets): _redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v, secrets) for v in value)
+    return value
 
 
 def _rebuild(cls: type[LLMError], message: str, state: dict[str, Any]) -> LLMError:

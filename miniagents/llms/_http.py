@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 
+from miniagents._secrets import redact_text, secret_query_values, secret_values
 from miniagents.llms._exceptions import (
     APIStatusError,
     LLMConnectionError,
@@ -26,10 +27,12 @@ from miniagents.llms._retry import RetryPolicy, should_retry_status
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HTTP_CLIENT_RESOURCE_KEY",
+    "POOL_LIMITS",
     "build_status_error",
     "check_header_values",
     "make_timeout",
     "open_stream",
+    "request_secrets",
     "shared_http_client",
     "transport_error",
 ]
@@ -47,10 +50,16 @@ _USER_AGENT = "miniagents-llms/0.1"
 _MAX_ERROR_BODY = 64 * 1024
 
 
+#: The pool of the shared client: no limit on concurrent connections (a healthy server must never see a
+#: request fail because the client ran out of connections; concurrency is the rate limiter's job, see
+#: ``RateLimit(max_concurrent=)``), and as many idle ones kept for reuse as the official OpenAI client keeps.
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+
+
 def _new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=DEFAULT_TIMEOUT,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        limits=POOL_LIMITS,
         headers={"user-agent": _USER_AGENT},
         follow_redirects=False,
     )
@@ -145,12 +154,19 @@ def build_status_error(
     )
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Return *text* with every non-trivial secret (and its ``repr`` form) replaced by ``***``."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
-    return text
+#: Secrets shorter than this are not searched for in error texts (they would rewrite ordinary words).
+_MIN_SECRET = 4
+
+
+def request_secrets(url: str, headers: Mapping[str, str], api_key: str) -> tuple[str, ...]:
+    """The secrets of one request: the API key, the secret-named headers' values and query parameters.
+
+    Longest first (see :func:`miniagents._secrets.secret_values`), for :meth:`LLMError.redact`.
+    """
+    found = {*secret_values(headers.items(), min_length=_MIN_SECRET), *secret_query_values(url)}
+    if api_key:
+        found.add(api_key)
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True))
 
 
 def transport_error(
@@ -166,7 +182,16 @@ def transport_error(
     The exception text is kept with *secrets* redacted (httpx quotes illegal header values verbatim).  Raise the
     result outside the ``except`` block that caught *exc*, so that it is not kept as ``__context__`` either.
     """
-    detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
+    detail = redact_text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
+    if isinstance(exc, httpx.PoolTimeout):
+        # Nothing reached the server: the client's own connection pool was full for the whole pool timeout.
+        return LLMTimeoutError(
+            f"no free connection in the HTTP client's pool (every one of its max_connections was busy for its "
+            f"whole pool timeout; the request was never sent): raise the limits of the http_client, or limit "
+            f"concurrency with a RateLimiter ({detail})",
+            provider=provider,
+            request_id=request_id,
+        )
     if isinstance(exc, httpx.TimeoutException):
         what = "read timeout while streaming" if streaming else "timeout before the response started"
         return LLMTimeoutError(f"{what} ({detail})", provider=provider, request_id=request_id)
@@ -224,7 +249,7 @@ def _build_request(
         problem = (
             type(exc).__name__
             if isinstance(exc, UnicodeError)
-            else redact(f"{type(exc).__name__}: {exc}", secrets)
+            else redact_text(f"{type(exc).__name__}: {exc}", secrets)
         )
     else:
         port = request.url.port
@@ -330,7 +355,8 @@ async def open_stream(
 async def _check_event_stream(response: httpx.Response, *, provider: str) -> None:
     """Raise :class:`MalformedResponseError` (with the start of the body) for a 2xx that is not an event stream.
 
-    A missing ``content-type`` is tolerated (the stream is then parsed as SSE and judged by its events).
+    A missing ``content-type`` is tolerated: the stream is then parsed as SSE and judged by its start and its
+    events (an HTML or JSON body, or one with no event at all, is malformed too; see the LLM loop).
     """
     content_type = response.headers.get("content-type")
     if content_type is None or content_type.split(";")[0].strip().lower() == "text/event-stream":

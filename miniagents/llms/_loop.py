@@ -29,11 +29,12 @@ from miniagents.llms._http import (
     make_timeout,
     open_stream,
     request_id_of,
+    request_secrets,
     shared_http_client,
     transport_error,
 )
 from miniagents.llms._limiting import request_limits
-from miniagents.llms._sse import SSEDecoder
+from miniagents.llms._sse import SSEDecoder, SSELineTooLongError
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
 from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
 
@@ -55,6 +56,8 @@ class _Turn:
         self.ctx = ctx
         self.known = dict(known)
         self.writer: MessageWriter | None = None
+        #: The finished message, set as soon as the terminal event was decoded.
+        self.message: Message | None = None
 
     def open(self) -> MessageWriter:
         if self.writer is None:
@@ -120,25 +123,34 @@ async def _model_turn(
     url, headers, body = spec.request(opts, conversation, tools, api_key, base_url)
     if opts.extra_headers:
         headers.update(opts.extra_headers)
+    secrets = request_secrets(url, headers, api_key)
     timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
     turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
     # OpenTelemetry: a no-op unless the call is traced; adds the traceparent header when it is.
     with chat_span(spec.name, opts, url, headers, conversation) as span:
         try:
             with anyio.move_on_after(opts.timeout if opts.timeout is not None else float("inf")) as deadline:
-                message = await _stream(turn, spec, opts, client, url, headers, body, timeout)
-            if deadline.cancelled_caught:
+                await _stream(turn, spec, opts, client, url, headers, body, timeout, secrets)
+            # A deadline that fires after the terminal event (while the rest of the body is drained) does not
+            # undo the finished message: only an unfinished turn timed out.
+            if turn.message is None:
+                assert deadline.cancelled_caught
                 raise LLMTimeoutError(
-                    f"the model call took longer than timeout={opts.timeout} s", provider=spec.name
+                    f"the model call took longer than timeout={opts.timeout} s",
+                    provider=spec.name,
+                    request_id=turn.known.get("request_id"),
                 )
         except LLMError as error:
+            # The one boundary every error of a model request crosses: a key the server echoed in its error
+            # body is redacted here, before the error is raised, traced, stored or logged.
+            error.redact(secrets)
             if turn.writer is None:
                 raise
             span.failed(error)
             turn.writer.fail(error)
             return None
-        span.finished(message)
-    return message
+        span.finished(turn.message)
+    return turn.message
 
 
 async def _stream(
@@ -150,8 +162,9 @@ async def _stream(
     headers: dict[str, str],
     body: dict[str, Any],
     timeout: httpx.Timeout,
-) -> Message:
-    secrets = [value for value in headers.values() if value]
+    secrets: Sequence[str],
+) -> None:
+    """Stream the response into the turn's message; ``turn.message`` is set once the terminal event is in."""
     limits = request_limits(
         opts.rate_limiter,
         provider=spec.name,
@@ -176,11 +189,18 @@ async def _stream(
             turn.known["request_id"] = request_id
         decoder = spec.decoder(opts, request_id)
         sse = SSEDecoder()
+        # Without a content-type the body is parsed as SSE, but one that is plainly something else (an HTML
+        # page, JSON) or that never produces an event is reported as malformed, not as a cut-off stream.
+        sniff = _Sniffer(response) if "content-type" not in response.headers else None
         chunks = response.aiter_bytes()
         failure: LLMError | None = None
         try:
             async for chunk in chunks:
+                if sniff is not None:
+                    sniff.feed(chunk, spec.name)
                 for event in sse.feed(chunk):
+                    if sniff is not None:
+                        sniff = None
                     for token in _decode(spec.name, request_id, decoder.feed, event):
                         turn.open().send(token)
                     if decoder.finished:
@@ -189,24 +209,69 @@ async def _stream(
                     break
             else:
                 for event in sse.close():
+                    sniff = None
                     for token in _decode(spec.name, request_id, decoder.feed, event):
                         turn.open().send(token)
         except httpx.HTTPError as exc:  # transport errors, timeouts, undecodable content-encoding
             failure = transport_error(
                 exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
             )
+        except SSELineTooLongError as exc:
+            failure = MalformedResponseError(str(exc), provider=spec.name, request_id=request_id)
         if failure is not None:
             # Raised here, not in the except block: the httpx exception (its request holds the key) must not
             # become the __context__ of the error.
             raise failure
+        if sniff is not None and not decoder.finished:
+            raise sniff.no_events(spec.name)
         fields, calls = _decode(spec.name, request_id, decoder.result)
         # The message is finished before the rest of the body is drained: consumers never wait for that.
-        message = _finish_turn(turn, fields, calls, opts, spec.name)
+        message = turn.message = _finish_turn(turn, fields, calls, opts, spec.name)
         if limits is not None:
             limits.settle_usage(message.get("usage"))
         if decoder.finished:
             await _drain(chunks)
-    return message
+
+
+class _Sniffer:
+    """Judges the start of a 2xx body that came without a content-type, until its first event."""
+
+    #: How much of the body start is kept for the error message.
+    SNIPPET = 500
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.request_id = request_id_of(response.headers)
+        self.head = b""
+        self.judged = False
+
+    def feed(self, chunk: bytes, provider: str) -> None:
+        """Keep the start of the body; raise as soon as it plainly is not an event stream."""
+        if len(self.head) < self.SNIPPET:
+            self.head += chunk[: self.SNIPPET - len(self.head)]
+        if self.judged:
+            return
+        start = self.head.lstrip()
+        if not start:
+            return
+        self.judged = True
+        if start[:1] in (b"<", b"{", b"["):
+            kind = "an HTML/XML page" if start[:1] == b"<" else "JSON"
+            raise self._error(provider, f"sent {kind}, not an event stream")
+
+    def no_events(self, provider: str) -> MalformedResponseError:
+        """The error for a body that ended without a single event."""
+        return self._error(provider, "sent no event-stream event")
+
+    def _error(self, provider: str, what: str) -> MalformedResponseError:
+        snippet = self.head.decode("utf-8", errors="replace")
+        return MalformedResponseError(
+            f"the server answered HTTP {self.status} without a content-type and {what}: {snippet!r}",
+            status=self.status,
+            request_id=self.request_id,
+            provider=provider,
+            body=snippet,
+        )
 
 
 def _finish_turn(

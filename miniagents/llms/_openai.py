@@ -6,7 +6,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from miniagents.llms._common import LLMOptions, ToolCallRecord, message_role, thaw, tool_calls_of
+from miniagents.llms._common import (
+    LLMOptions,
+    ToolCallRecord,
+    endpoint_url,
+    message_role,
+    thaw,
+    tool_calls_of,
+)
 from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
 from miniagents.llms._sse import ServerSentEvent
@@ -109,7 +116,7 @@ class OpenAISpec:
             body.update(thaw(options.extra_body))
         # No key, no header: local OpenAI-compatible servers often need none (the server decides: 401).
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        return f"{base_url}/chat/completions", headers, body
+        return endpoint_url(base_url, "chat/completions"), headers, body
 
     def decoder(self, options: LLMOptions, request_id: str | None) -> OpenAIDecoder:
         """Return a decoder for one stream."""

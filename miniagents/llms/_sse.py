@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import attrs
 
-__all__ = ["SSEDecoder", "ServerSentEvent", "aiter_sse"]
+__all__ = ["MAX_LINE_LENGTH", "SSEDecoder", "SSELineTooLongError", "ServerSentEvent", "aiter_sse"]
 
 
 @attrs.frozen
@@ -30,12 +30,28 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-class SSEDecoder:
-    """Feed byte chunks with :meth:`feed`; it returns the events completed by each chunk."""
+#: The longest line the decoder accepts by default (16 MiB of text): a server that never ends a line must not
+#: grow the buffer without bound.  Large tool-call arguments and base64 payloads fit comfortably.
+MAX_LINE_LENGTH = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+
+class SSELineTooLongError(ValueError):
+    """A line of the event stream grew past the decoder's ``max_line_length`` without ending."""
+
+
+class SSEDecoder:
+    """Feed byte chunks with :meth:`feed`; it returns the events completed by each chunk.
+
+    Linear in the size of the stream however it is chunked: each character is scanned for line ends once (a
+    line split over many chunks is collected in pieces and joined once, when it ends).  A line longer than
+    *max_line_length* characters (default :data:`MAX_LINE_LENGTH`) raises :class:`SSELineTooLongError`.
+    """
+
+    def __init__(self, *, max_line_length: int | None = None) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""  # undecoded-line text carried over between chunks
+        self._pending: list[str] = []  # pieces of the line still open at the end of the last chunk
+        self._pending_length = 0
+        self._max_line_length = MAX_LINE_LENGTH if max_line_length is None else max_line_length
         self._skip_lf = False  # the previous chunk ended with "\r": a leading "\n" belongs to it
         self._started = False  # a leading BOM is dropped once
         self._event = ""
@@ -51,8 +67,9 @@ class SSEDecoder:
     def close(self) -> list[ServerSentEvent]:
         """Flush the decoder at end of stream; an event left open (no blank line) is dropped per the spec."""
         events = self._feed_text(self._utf8.decode(b"", final=True))
-        tail = self._buffer
-        self._buffer = ""
+        tail = "".join(self._pending)
+        self._pending = []
+        self._pending_length = 0
         if tail:
             self._line(tail)  # a last line without terminator still sets fields, but nothing dispatches it
         return events
@@ -69,28 +86,47 @@ class SSEDecoder:
             if text.startswith("\n"):
                 text = text[1:]
         events: list[ServerSentEvent] = []
-        buffer = self._buffer + text
         start = 0
-        n = len(buffer)
-        while True:
-            cr = buffer.find("\r", start)
-            lf = buffer.find("\n", start)
-            if cr < 0 and lf < 0:
-                break
+        n = len(text)
+        # Only the new text is searched: the pending pieces hold no line end.
+        cr = text.find("\r")
+        lf = text.find("\n")
+        while cr >= 0 or lf >= 0:
             if cr < 0 or (0 <= lf < cr):
                 end, next_start = lf, lf + 1
             elif cr + 1 < n:
                 end = cr
-                next_start = cr + 2 if buffer[cr + 1] == "\n" else cr + 1
+                next_start = cr + 2 if text[cr + 1] == "\n" else cr + 1
             else:  # "\r" at the very end: the "\n" of a "\r\n" may come with the next chunk
                 end, next_start = cr, cr + 1
                 self._skip_lf = True
-            event = self._line(buffer[start:end])
+            line = text[start:end]
+            if self._pending:
+                self._check_length(self._pending_length + len(line))
+                line = "".join(self._pending) + line
+                self._pending = []
+                self._pending_length = 0
+            else:
+                self._check_length(len(line))
+            event = self._line(line)
             if event is not None:
                 events.append(event)
             start = next_start
-        self._buffer = buffer[start:]
+            if cr < start:
+                cr = text.find("\r", start)
+            if lf < start:
+                lf = text.find("\n", start)
+        if start < n:
+            self._pending.append(text[start:])
+            self._pending_length += n - start
+            self._check_length(self._pending_length)
         return events
+
+    def _check_length(self, length: int) -> None:
+        if length > self._max_line_length:
+            raise SSELineTooLongError(
+                f"an event-stream line is longer than {self._max_line_length} characters without a line end"
+            )
 
     def _line(self, line: str) -> ServerSentEvent | None:
         if not line:

@@ -18,9 +18,10 @@ Keys are sorted and nothing that changes from run to run (timing, network chunk 
 asked for, so re-recording the same exchanges gives the same file.
 
 Guarantee: no request header is stored, only a short list of response headers (content type and encoding,
-request ids, retry hints); values of secret request headers (``authorization``, ``x-api-key``, ``api-key``, any
-header named like a key, token, secret or cookie) are replaced by ``<redacted>`` wherever they appear in the path,
-the query, the request body or the response, and so are query parameters and body fields named like keys.
+request ids, retry hints); values of secret request headers (``authorization``, ``x-api-key``, ``api-key``,
+``Helicone-Auth``, any header named like a key, token, secret or cookie: the package's one rule, see
+``miniagents._secrets``) are replaced by ``<redacted>`` wherever they appear in the path, the query, the request
+body or the response, and so are query parameters and string body fields with such names.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import base64
 import binascii
 import difflib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import attrs
 
+from miniagents._secrets import REDACTED, is_secret_name, secret_values
 from miniagents.llms._sse import SSEDecoder
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 
 CASSETTE_FORMAT = "miniagents-llm-cassette"
 CASSETTE_VERSION = 1
-REDACTED = "<redacted>"
 IGNORED = "<ignored>"
 
 #: Response headers kept in a cassette (all others, e.g. cookies and organisation ids, are dropped).
@@ -66,18 +66,7 @@ KEPT_RESPONSE_HEADERS = (
     "retry-after-ms",
     "x-should-retry",
 )
-# Request headers whose values are secrets (they are never stored; their values are redacted everywhere).
-_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password|session", re.IGNORECASE)
-# Query parameters and JSON body fields that hold credentials, whatever their value.
-_SECRET_FIELD = re.compile(
-    r"^(x[-_]?)?(api[-_]?key|apikey|key|access[-_]?token|auth[-_]?token|token|secret|client[-_]?secret|"
-    r"password|authorization|signature|sig)$",
-    re.IGNORECASE,
-)
-_BODY_SECRET_FIELD = re.compile(
-    r"^(x[-_]?)?(api[-_]?key|apikey|access[-_]?token|auth[-_]?token|client[-_]?secret|password|authorization)$",
-    re.IGNORECASE,
-)
+# Which header, query-parameter and body-field names are secret: the package's one rule (miniagents._secrets).
 # Substrings shorter than this are not redacted inside texts (a 4-letter "key" would rewrite ordinary words).
 _MIN_SECRET = 8
 
@@ -117,16 +106,7 @@ class CassetteMismatchError(CassetteError):
 # Secrets and normalisation
 def secrets_of(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
     """The secret values in request *headers* (with and without an auth scheme such as ``Bearer``)."""
-    found: set[str] = set()
-    for name, value in headers:
-        if not _SECRET_HEADER.search(name):
-            continue
-        found.add(value)
-        scheme, _, rest = value.partition(" ")
-        if rest and scheme.isalpha():
-            found.add(rest.strip())
-    # Longest first, so that "Bearer sk-x" is replaced before its own "sk-x".
-    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True))
+    return secret_values(headers, min_length=_MIN_SECRET)
 
 
 def redact_text(text: str, secrets: Sequence[str]) -> str:
@@ -151,7 +131,7 @@ def normalise_target(target: str, secrets: Sequence[str]) -> str:
     path, question, query = target.partition("?")
     if question:
         pairs = [
-            (name, REDACTED if _SECRET_FIELD.match(name) else redact_text(value, secrets))
+            (name, REDACTED if is_secret_name(name) else redact_text(value, secrets))
             for name, value in parse_qsl(query, keep_blank_values=True)
         ]
         path = f"{path}?{urlencode(pairs, safe='<>')}" if pairs else path
@@ -161,7 +141,9 @@ def normalise_target(target: str, secrets: Sequence[str]) -> str:
 def _walk_redact(value: Any, secrets: Sequence[str]) -> Any:
     if isinstance(value, dict):
         return {
-            key: (REDACTED if _BODY_SECRET_FIELD.match(key) else _walk_redact(item, secrets))
+            # Only string values: a credential is a string, while a dict under a secret-looking key is content
+            # (a tool parameter named "key" in a JSON schema).
+            key: (REDACTED if isinstance(item, str) and is_secret_name(key) else _walk_redact(item, secrets))
             for key, item in value.items()
         }
     if isinstance(value, list):

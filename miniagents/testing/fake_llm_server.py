@@ -43,6 +43,8 @@ import anyio.abc
 import attrs
 import h11
 
+from miniagents._secrets import is_secret_name
+
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
@@ -62,8 +64,6 @@ __all__ = [
     "openai_stream",
     "raw_response",
 ]
-
-_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,6 +147,8 @@ class ScriptedResponse:
         chunk_size: when set, every write is split into socket sends of at most this many bytes.
         newline: the SSE line ending (``"\\n"``, ``"\\r\\n"`` or ``"\\r"``).
         before_headers: wait (a pause, a hang, a gate) before sending the status line: a slow server.
+        default_content_type: send ``content-type: application/octet-stream`` when *headers* have none
+            (``False``: send no content-type at all, as some misconfigured proxies do).
 
     """
 
@@ -157,6 +159,7 @@ class ScriptedResponse:
     chunk_size: int | None = None
     newline: str = "\n"
     before_headers: Pause | Hang | Gate | None = None
+    default_content_type: bool = True
 
     def body_bytes(self) -> bytes:
         """Return all the bytes of the body (pauses, hangs and gates skipped), e.g. to split them in tests."""
@@ -696,14 +699,26 @@ def raw_response(
     status: int,
     body: bytes | str = b"",
     *,
-    content_type: str = "text/plain; charset=utf-8",
+    content_type: str | None = "text/plain; charset=utf-8",
     headers: Mapping[str, str] | None = None,
     end: Literal["complete", "abort"] = "complete",
 ) -> ScriptedResponse:
-    """Script any response, e.g. a compatible server's plain-text 500 or ``{"detail": ...}`` error."""
+    """Script any response, e.g. a compatible server's plain-text 500 or ``{"detail": ...}`` error.
+
+    ``content_type=None`` sends no content-type header at all.
+    """
     data = body.encode("utf-8") if isinstance(body, str) else body
-    response_headers = {"content-type": content_type, **(headers or {})}
-    return ScriptedResponse(status=status, headers=response_headers, body=(data,) if data else (), end=end)
+    response_headers = {
+        **({"content-type": content_type} if content_type is not None else {}),
+        **(headers or {}),
+    }
+    return ScriptedResponse(
+        status=status,
+        headers=response_headers,
+        body=(data,) if data else (),
+        end=end,
+        default_content_type=content_type is not None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -762,7 +777,7 @@ class RecordedRequest:
         await self._finished.wait()
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in _SECRET_HEADERS else v) for k, v in self.headers.items()}
+        shown = {k: ("***" if is_secret_name(k) else v) for k, v in self.headers.items()}
         return (
             f"RecordedRequest(index={self.index}, method={self.method!r}, path={self.path!r}, "
             f"headers={shown!r}, disconnected={self.disconnected}, complete={self.response_complete})"
@@ -994,7 +1009,7 @@ class FakeLLMServer:
         response: ScriptedResponse,
     ) -> bool:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        if all(k.lower() != "content-type" for k, _ in response.headers):
+        if response.default_content_type and all(k.lower() != "content-type" for k, _ in response.headers):
             headers.append((b"content-type", b"application/octet-stream"))
         static = all(isinstance(step, (bytes, Raw, SSE)) for step in response.body)
         if static and response.end == "complete":
