@@ -99,3 +99,13 @@ def test_asgi_namespace_is_pinned() -> None:
     )
     for name in asgi.__all__:
         assert getattr(asgi, name).__module__ == "miniagents.asgi", name
+
+
+def test_testing_kit_exports_the_fake_server_builders() -> None:
+    import miniagents.testing as testing
+    from miniagents.testing import fake_llm_server
+
+    for name in ("anthropic_stream", "openai_stream", "responses_stream"):
+        assert name in testing.__all__ and name in fake_llm_server.__all__, name
+        assert getattr(testing, name) is getattr(fake_llm_server, name), name
+    assert testing.__all__ == sorted(testing.__all__)

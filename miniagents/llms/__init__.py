@@ -1,6 +1,7 @@
 """LLM agents over the providers' streaming REST APIs (``httpx`` + SSE, no vendor SDKs).
 
-* :data:`openai_agent` — OpenAI Chat Completions and OpenAI-compatible servers (``base_url=``).
+* :data:`openai_agent` — OpenAI Chat Completions and OpenAI-compatible servers (``base_url=``); the OpenAI
+  Responses API with ``api="responses"``.
 * :data:`anthropic_agent` — Anthropic Messages.
 
 Both are miniagents: ``openai_agent.inquire(history, model="gpt-4o-mini", system="...")`` replies a streamed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from miniagents import InteractionContext, MiniAgent
@@ -9,6 +10,7 @@ from miniagents.llms._anthropic import AnthropicSpec
 from miniagents.llms._common import check_options
 from miniagents.llms._loop import run_llm_agent
 from miniagents.llms._openai import OpenAISpec
+from miniagents.llms._openai_responses import ResponsesSpec
 
 __all__ = ["anthropic_agent", "openai_agent"]
 
@@ -54,6 +56,17 @@ _OPTIONS_DOC = """
             hold one while waiting for the other when both limit concurrency.  Every attempt (retries included) reserves the prompt estimate
             (JSON body bytes / 4) plus ``max_tokens``, settles to the reported ``usage``, and a 429/503/529 with
             ``retry-after`` pauses every waiter on its key.  The wait counts toward ``timeout``.
+        api: ``openai_agent`` only: ``"chat_completions"`` (the default, ``POST {base_url}/chat/completions``) or
+            ``"responses"`` (the OpenAI Responses API, ``POST {base_url}/responses``, for models only served
+            there).  With ``"responses"`` the whole conversation is sent every turn (stateless: nothing depends
+            on ``store`` or ``previous_response_id``); ``system`` is sent as ``instructions``, ``max_tokens`` as
+            ``max_output_tokens``, tools as function tools (``strict: false``), tool calls and results as
+            ``function_call`` / ``function_call_output`` items; ``stop`` is not supported (``ValueError``).
+            Reasoning settings go in ``extra_body``, e.g. ``extra_body={"reasoning": {"effort": "low",
+            "summary": "auto"}}``; the streamed reasoning summary is kept in the reply's ``reasoning`` field and
+            the reasoning items in ``reasoning_items`` (those with ``encrypted_content``, asked for with
+            ``extra_body={"include": ["reasoning.encrypted_content"]}``, are sent back in later turns).  An
+            incomplete response reports ``finish_reason="length"`` (``max_output_tokens``) or the reason given.
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
@@ -93,7 +106,18 @@ _OPTIONS_DOC = """
 
 
 async def _openai(ctx: InteractionContext, **options: Any) -> None:
-    await run_llm_agent(ctx, OpenAISpec(), ctx.agent.alias, options)
+    spec = ResponsesSpec() if options.get("api") == "responses" else OpenAISpec()
+    await run_llm_agent(ctx, spec, ctx.agent.alias, options)
+
+
+def _check_anthropic_options(agent: str, options: Mapping[str, Any]) -> None:
+    """:func:`check_options`, and ``api`` is refused: it chooses between OpenAI's APIs."""
+    check_options(agent, options)
+    if "api" in options:
+        raise ValueError(
+            f"agent {agent!r}: the api option is for openai_agent (Chat Completions or Responses); "
+            f"Anthropic has one Messages API, got api={options['api']!r}"
+        )
 
 
 async def _anthropic(ctx: InteractionContext, **options: Any) -> None:
@@ -102,7 +126,8 @@ async def _anthropic(ctx: InteractionContext, **options: Any) -> None:
 
 _openai.__doc__ = (
     "Chat with an OpenAI Chat Completions model, or any OpenAI-compatible server (llama.cpp, Ollama, vLLM, "
-    "LM Studio) through ``base_url``, streaming tokens as they arrive.\n" + _OPTIONS_DOC
+    'LM Studio) through ``base_url``, streaming tokens as they arrive; with ``api="responses"`` it uses the '
+    "OpenAI Responses API instead.\n" + _OPTIONS_DOC
 )
 _anthropic.__doc__ = (
     "Chat with an Anthropic Messages model, streaming tokens as they arrive.  System prompts go to the "
@@ -123,5 +148,5 @@ anthropic_agent = MiniAgent(
     _anthropic,
     alias="anthropic_agent",
     description="Answers with an Anthropic Claude model.",
-    kwargs_validator=check_options,
+    kwargs_validator=_check_anthropic_options,
 )

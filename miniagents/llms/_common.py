@@ -105,6 +105,7 @@ class LLMOptions:
     extra_headers: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     anthropic_version: str = "2023-06-01"
     rate_limiter: RateLimiter | None = None
+    api: str = "chat_completions"
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -114,6 +115,9 @@ class LLMOptions:
             return RetryPolicy(**{"max_retries": self.max_retries, **dict(self.retry_policy)})
         return RetryPolicy(max_retries=self.max_retries)
 
+
+#: The values of the ``api`` option of ``openai_agent``: the OpenAI API its requests go to.
+OPENAI_APIS = ("chat_completions", "responses")
 
 #: The names of the keyword options (the fields of :class:`LLMOptions`).
 OPTION_NAMES = frozenset(a.name for a in attrs.fields(LLMOptions))
@@ -217,6 +221,16 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
     policy = values.get("retry_policy")
     if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
         raise TypeError(f"agent {agent!r}: retry_policy must be a RetryPolicy or a mapping of its fields")
+    api = values.get("api")
+    if api is not None and api not in OPENAI_APIS:
+        raise ValueError(
+            f"agent {agent!r}: api must be one of {', '.join(map(repr, OPENAI_APIS))}, got {api!r}"
+        )
+    if api == "responses" and values.get("stop"):
+        raise ValueError(
+            f"agent {agent!r}: stop is not supported by the OpenAI Responses API (api='responses'); "
+            "leave it out or use api='chat_completions'"
+        )
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:

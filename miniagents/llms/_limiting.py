@@ -16,7 +16,7 @@ PAUSING_STATUSES = frozenset({429, 503, 529})
 _MAX_PAUSE = 60.0
 #: Prompt size estimate: one token per this many bytes of the JSON request body.
 _BYTES_PER_TOKEN = 4
-_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens")
+_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 def usage_tokens(usage: Any) -> int | None:
@@ -131,7 +131,8 @@ def request_limits(
     """The limits of one request: the agent's ``rate_limiter`` option, then the context's (both when both are set).
 
     ``None`` when neither is set.  The reservation starts with the requested maximum output (``max_tokens`` /
-    ``max_completion_tokens`` of the body, 0 when absent); :meth:`RequestLimits.estimate` adds the prompt.
+    ``max_completion_tokens`` / ``max_output_tokens`` of the body, 0 when absent);
+    :meth:`RequestLimits.estimate` adds the prompt.
     """
     context = MiniAgents.current().rate_limiter
     limiters = [lim for lim in (agent_limiter, context) if lim is not None]

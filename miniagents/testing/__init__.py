@@ -6,8 +6,8 @@
 reference model of what every consumer must see.  Both need ``hypothesis`` (``pip install miniagents[testing]``).
 
 ``FakeLLMServer`` is a protocol-faithful OpenAI / Anthropic streaming server on 127.0.0.1 (real sockets) that
-replays scripted responses (``openai_stream``, ``anthropic_stream``, errors, pauses, truncation) and records the
-requests it got, for testing LLM agent graphs offline on trio or asyncio.
+replays scripted responses (``openai_stream``, ``responses_stream`` for the OpenAI Responses API,
+``anthropic_stream``, errors, pauses, truncation) and records the requests it got, for testing LLM agent graphs offline on trio or asyncio.
 
 ``Cassette`` records the LLM exchanges of a block (or of a test marked ``@pytest.mark.llm_cassette``, see
 ``miniagents.testing.pytest_plugin``) to a JSON-lines file once and replays them offline through the fake server.
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         openai_error,
         openai_stream,
         raw_response,
+        responses_stream,
     )
 
 _LAZY = {
@@ -90,6 +91,7 @@ _LAZY = {
     "openai_error": "fake_llm_server",
     "openai_stream": "fake_llm_server",
     "raw_response": "fake_llm_server",
+    "responses_stream": "fake_llm_server",
 }
 
 __all__ = [
@@ -126,6 +128,7 @@ __all__ = [
     "openai_error",
     "openai_stream",
     "raw_response",
+    "responses_stream",
     "start_graph",
 ]
 

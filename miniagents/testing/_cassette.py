@@ -1,7 +1,7 @@
 """Record LLM exchanges to a cassette and replay them offline through :class:`FakeLLMServer`.
 
 While a :class:`Cassette` is active, every ``POST`` whose path ends with an LLM route (``/chat/completions``,
-``/messages``) made by any ``httpx.AsyncClient`` that uses the standard ``httpx.AsyncHTTPTransport`` is
+``/messages``, ``/responses``) made by any ``httpx.AsyncClient`` that uses the standard ``httpx.AsyncHTTPTransport`` is
 intercepted at the transport: the pooled client of the ``MiniAgents`` context, an explicit ``http_client=``
 option and ``local_agent``'s client alike.  Other requests pass through untouched.  Recording tees the real
 response: the LLM agent sees the real bytes while they are stored.  Replay sends the request, over real HTTP, to a
@@ -63,7 +63,7 @@ _MODES: tuple[str, ...] = ("auto", "replay", "record", "record-missing", "off")
 CASSETTE_MODE_ENV = "MINIAGENTS_CASSETTE_MODE"
 #: The request header that tells the replay server which recorded exchange to serve.
 ENTRY_HEADER = "x-miniagents-cassette-entry"
-DEFAULT_ROUTES = ("/chat/completions", "/messages")
+DEFAULT_ROUTES = ("/chat/completions", "/messages", "/responses")
 
 _Handle = Callable[[httpx.AsyncHTTPTransport, httpx.Request], Awaitable[httpx.Response]]
 _active: list[Cassette] = []

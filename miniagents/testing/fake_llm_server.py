@@ -1,4 +1,4 @@
-"""A fake LLM provider server for tests: OpenAI Chat Completions and Anthropic Messages over real sockets.
+"""A fake LLM provider server for tests: OpenAI Chat Completions and Responses, Anthropic Messages, real sockets.
 
 :class:`FakeLLMServer` listens on ``127.0.0.1`` (an anyio TCP server speaking HTTP/1.1 through ``h11``, so it runs
 under trio and asyncio alike, inside the test's own event loop).  Tests script the responses it replays, point an
@@ -14,17 +14,18 @@ LLM agent at it and inspect what it received::
         assert server.requests[0].json["messages"] == [{"role": "user", "content": "hi"}]
 
 Scripted responses are :class:`ScriptedResponse` objects; the builders :func:`openai_stream`,
-:func:`anthropic_stream`, :func:`openai_error`, :func:`anthropic_error` and :func:`raw_response` produce the
-byte-exact event sequences of the real APIs: text, tool calls (single, parallel, interleaved, fragmented
-arguments, repeated ids as some compatible servers send them), usage, pings, unknown events, mid-stream errors,
-truncation (clean end without the terminal events, or an aborted connection), error statuses with
+:func:`responses_stream` (the OpenAI Responses API, reasoning summaries included), :func:`anthropic_stream`,
+:func:`openai_error` (also the Responses API's HTTP errors), :func:`anthropic_error` and :func:`raw_response`
+produce the byte-exact event sequences of the real APIs: text, tool calls (single, parallel, interleaved,
+fragmented arguments, repeated ids as some compatible servers send them), usage, pings, unknown events, mid-stream
+errors, truncation (clean end without the terminal events, or an aborted connection), error statuses with
 ``retry-after`` / ``retry-after-ms`` / ``x-should-retry`` headers, slow streams (:class:`Pause`) and streams
 that stop and wait for the client to give up (:class:`Hang`).
 
 Each request is answered by the first queued response whose ``path`` matches (see :meth:`FakeLLMServer.enqueue`),
 else by :attr:`FakeLLMServer.handler`, else with a 500 error.  With ``validate=True`` (the default) the server
 checks requests the way the real APIs do (authentication header, required fields, roles, the Anthropic
-alternation and tool-result pairing) and answers a violation with the provider's 400/401 error.  Every request is
+alternation and tool-result pairing, the Responses API's function-call / output pairing) and answers a violation with the provider's 400/401 error.  Every request is
 recorded as a :class:`RecordedRequest`, including whether the client disconnected before the response was
 complete (:meth:`RecordedRequest.wait_disconnected`).
 """
@@ -63,6 +64,7 @@ __all__ = [
     "openai_error",
     "openai_stream",
     "raw_response",
+    "responses_stream",
 ]
 
 
@@ -440,6 +442,265 @@ def openai_error(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# OpenAI Responses builders
+def responses_stream(
+    text: str | Sequence[str] = (),
+    *,
+    tool_calls: Sequence[ToolCall] = (),
+    reasoning: Sequence[str | Sequence[str]] = (),
+    encrypted_reasoning: str | None = None,
+    refusal: str | None = None,
+    incomplete: str | None = None,
+    failed: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+    usage: Mapping[str, Any] | Literal["auto"] | None = "auto",
+    model: str = "fake-gpt",
+    response_id: str = "resp_fake",
+    request_id: str | None = "req_fake_openai",
+    truncate: bool = False,
+    abort: bool = False,
+    delay: float = 0.0,
+    hang_after: int | None = None,
+    gate: Gate | None = None,
+    gate_after: int = 1,
+    chunk_size: int | None = None,
+    newline: str = "\n",
+    headers: Mapping[str, str] | None = None,
+) -> ScriptedResponse:
+    """Script an OpenAI Responses API stream (``POST /responses`` with ``stream: true``).
+
+    Every event is ``event: <type>`` with data carrying the same ``type`` and an increasing ``sequence_number``:
+    ``response.created``, ``response.in_progress``, then one output item after another — a ``reasoning`` item
+    (``response.reasoning_summary_part.added`` / ``reasoning_summary_text.delta`` / ``.done`` /
+    ``reasoning_summary_part.done`` per summary part), a ``message`` item (``response.content_part.added``,
+    ``response.output_text.delta`` per token, ``output_text.done``, ``content_part.done``), ``function_call``
+    items (``response.function_call_arguments.delta`` per fragment, ``.done``), each framed by
+    ``response.output_item.added`` / ``.done`` with its ``output_index`` and item id — and the terminal
+    ``response.completed`` (or ``response.incomplete`` / ``response.failed``) with the whole response: its
+    ``output`` items, ``status`` and ``usage``.  There is no ``[DONE]``.
+
+    Args:
+        text: the output text tokens (a ``str`` is one token), one ``response.output_text.delta`` each.
+        tool_calls: ``function_call`` items after the message, their arguments in fragments (ids ``fc_fake_<n>``,
+            ``call_id`` from :attr:`ToolCall.id` or ``call_fake_<n>``).
+        reasoning: the parts of a reasoning summary sent first (a ``str`` is a part sent as one delta, a
+            sequence of strings a part sent as those deltas).
+        encrypted_reasoning: the reasoning item's ``encrypted_content`` (as with
+            ``include: ["reasoning.encrypted_content"]``).
+        refusal: a refusal streamed as ``response.refusal.delta`` in a ``refusal`` content part.
+        incomplete: end with ``response.incomplete`` and this ``incomplete_details.reason``
+            (``"max_output_tokens"``, ``"content_filter"``); the last item's status is ``incomplete``.
+        failed: end with ``response.failed`` whose ``response.error`` is this (``{"code", "message"}``).
+        error: send an ``error`` event with these fields (``code``, ``message``, ``param``) after the text;
+            the stream then ends without a terminal event.
+        usage: the terminal response's ``usage``; ``"auto"`` counts the deltas; ``None`` sends ``null``.
+        model: the model of the response object.
+        response_id: the response id.
+        request_id: the ``x-request-id`` response header.
+        truncate: end the HTTP body cleanly but without the terminal event.
+        abort: close the connection instead of ending the body (no terminal event).
+        delay: seconds to pause between events.
+        hang_after: after this many events, send nothing until the client disconnects.
+        gate: a :class:`Gate` to wait at after ``gate_after`` events.
+        gate_after: see *gate*.
+        chunk_size: split the socket writes into pieces of this many bytes.
+        newline: the SSE line ending.
+        headers: extra response headers.
+
+    """
+    tokens = _as_tokens(text)
+    sequence = itertools.count()
+    events: list[Step] = []
+
+    def ev(kind: str, **payload: Any) -> None:
+        events.append(SSE({"type": kind, "sequence_number": next(sequence), **payload}, event=kind))
+
+    def response_object(status: str, output: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": 1_700_000_000,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "max_output_tokens": None,
+            "model": model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": None,
+            "metadata": {},
+            **extra,
+        }
+
+    ev("response.created", response=response_object("in_progress", []))
+    ev("response.in_progress", response=response_object("in_progress", []))
+    output: list[dict[str, Any]] = []
+    parts = [[part] if isinstance(part, str) else list(part) for part in reasoning]
+    has_message = bool(tokens) or refusal is not None or not tool_calls
+    last_index = (1 if parts else 0) + (1 if has_message else 0) + len(tool_calls) - 1
+
+    def status_of(index: int) -> str:
+        return "incomplete" if incomplete is not None and index == last_index else "completed"
+
+    if parts:
+        index = len(output)
+        item_id = f"rs_fake_{index}"
+        ev(
+            "response.output_item.added",
+            output_index=index,
+            item={"id": item_id, "type": "reasoning", "summary": []},
+        )
+        summary = []
+        for n, deltas in enumerate(parts):
+            common = {"item_id": item_id, "output_index": index, "summary_index": n}
+            ev("response.reasoning_summary_part.added", **common, part={"type": "summary_text", "text": ""})
+            for delta in deltas:
+                ev("response.reasoning_summary_text.delta", **common, delta=delta)
+            ev("response.reasoning_summary_text.done", **common, text="".join(deltas))
+            ev(
+                "response.reasoning_summary_part.done",
+                **common,
+                part={"type": "summary_text", "text": "".join(deltas)},
+            )
+            summary.append({"type": "summary_text", "text": "".join(deltas)})
+        item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": summary}
+        if encrypted_reasoning is not None:
+            item["encrypted_content"] = encrypted_reasoning
+        ev("response.output_item.done", output_index=index, item=item)
+        output.append(item)
+    if has_message:
+        index = len(output)
+        item_id = f"msg_fake_{index}"
+        message: dict[str, Any] = {
+            "id": item_id,
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
+        ev("response.output_item.added", output_index=index, item=message)
+        common = {"item_id": item_id, "output_index": index, "content_index": 0}
+        ev(
+            "response.content_part.added",
+            **common,
+            part={"type": "output_text", "annotations": [], "text": ""},
+        )
+        for token in tokens:
+            ev("response.output_text.delta", **common, delta=token, logprobs=[])
+        if error is not None:
+            ev("error", **{"code": None, "message": "fake error", "param": None, **dict(error)})
+            return _responses_response(
+                events, request_id, headers, delay, hang_after, gate, gate_after, abort, chunk_size, newline
+            )
+        content: list[dict[str, Any]] = []
+        full = "".join(tokens)
+        ev("response.output_text.done", **common, text=full, logprobs=[])
+        text_part = {"type": "output_text", "annotations": [], "text": full}
+        ev("response.content_part.done", **common, part=text_part)
+        content.append(text_part)
+        if refusal is not None:
+            common = {**common, "content_index": 1}
+            ev("response.content_part.added", **common, part={"type": "refusal", "refusal": ""})
+            ev("response.refusal.delta", **common, delta=refusal)
+            ev("response.refusal.done", **common, refusal=refusal)
+            ev("response.content_part.done", **common, part={"type": "refusal", "refusal": refusal})
+            content.append({"type": "refusal", "refusal": refusal})
+        message = {**message, "status": status_of(index), "content": content}
+        ev("response.output_item.done", output_index=index, item=message)
+        output.append(message)
+    elif error is not None:
+        ev("error", **{"code": None, "message": "fake error", "param": None, **dict(error)})
+        return _responses_response(
+            events, request_id, headers, delay, hang_after, gate, gate_after, abort, chunk_size, newline
+        )
+    pieces = 0
+    for n, call in enumerate(tool_calls):
+        index = len(output)
+        item_id = f"fc_fake_{n}"
+        call_item: dict[str, Any] = {
+            "id": item_id,
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": call.id or f"call_fake_{n}",
+            "name": call.name,
+        }
+        ev("response.output_item.added", output_index=index, item=call_item)
+        for piece in call.pieces():
+            ev("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=piece)
+            pieces += 1
+        arguments = "".join(call.pieces())
+        ev("response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=arguments)
+        call_item = {**call_item, "status": status_of(index), "arguments": arguments}
+        ev("response.output_item.done", output_index=index, item=call_item)
+        output.append(call_item)
+    if not truncate and not abort:
+        if usage == "auto":
+            reasoning_tokens = sum(len(p) for p in parts)
+            output_tokens = len(tokens) + reasoning_tokens + pieces + (1 if refusal is not None else 0)
+            usage = {
+                "input_tokens": 11,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                "total_tokens": 11 + output_tokens,
+            }
+        final_usage = dict(usage) if usage is not None else None
+        if failed is not None:
+            ev(
+                "response.failed",
+                response=response_object("failed", output, error=dict(failed), usage=final_usage),
+            )
+        elif incomplete is not None:
+            ev(
+                "response.incomplete",
+                response=response_object(
+                    "incomplete", output, incomplete_details={"reason": incomplete}, usage=final_usage
+                ),
+            )
+        else:
+            ev("response.completed", response=response_object("completed", output, usage=final_usage))
+    return _responses_response(
+        events, request_id, headers, delay, hang_after, gate, gate_after, abort, chunk_size, newline
+    )
+
+
+def _responses_response(
+    events: list[Step],
+    request_id: str | None,
+    headers: Mapping[str, str] | None,
+    delay: float,
+    hang_after: int | None,
+    gate: Gate | None,
+    gate_after: int,
+    abort: bool,
+    chunk_size: int | None,
+    newline: str,
+) -> ScriptedResponse:
+    response_headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+    if request_id is not None:
+        response_headers["x-request-id"] = request_id
+    response_headers.update(headers or {})
+    return ScriptedResponse(
+        status=200,
+        headers=response_headers,
+        body=_with_extras(events, delay=delay, hang_after=hang_after, gate_after=gate_after, gate=gate),
+        end="abort" if abort else "complete",
+        chunk_size=chunk_size,
+        newline=newline,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Anthropic builders
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -797,8 +1058,8 @@ class FakeLLMServer:
     """A scripted fake of the OpenAI and Anthropic streaming APIs on ``127.0.0.1``.
 
     Use :meth:`serve` to run it for the duration of an ``async with`` block.  It routes by path:
-    ``…/chat/completions`` is OpenAI, ``…/messages`` is Anthropic (so both ``base_url`` styles work);
-    anything else gets a 404.
+    ``…/chat/completions`` is OpenAI, ``…/responses`` the OpenAI Responses API, ``…/messages`` is Anthropic
+    (so both ``base_url`` styles work); anything else gets a 404.
 
     Attributes:
         requests: every request received, in arrival order.
@@ -1081,9 +1342,11 @@ class FakeLLMServer:
             conn.receive_data(data)
 
 
-def _provider_of(path: str) -> Literal["openai", "anthropic"] | None:
+def _provider_of(path: str) -> Literal["openai", "openai_responses", "anthropic"] | None:
     if path.endswith("/chat/completions"):
         return "openai"
+    if path.endswith("/responses"):
+        return "openai_responses"
     if path.endswith("/messages"):
         return "anthropic"
     return None
@@ -1103,7 +1366,7 @@ _OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "
 def _validate(
     provider: str, request: RecordedRequest, expected_key: str | None, *, check_body: bool
 ) -> tuple[int, str, str] | None:
-    if provider == "openai":
+    if provider in ("openai", "openai_responses"):
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
             return 401, "You didn't provide an API key.", "invalid_request_error"
@@ -1124,7 +1387,10 @@ def _validate(
     body = request.json
     if not isinstance(body, dict):
         return 400, "the request body is not a JSON object", "invalid_request_error"
-    problem = _validate_openai(body) if provider == "openai" else _validate_anthropic(body)
+    if provider == "openai_responses":
+        problem = _validate_responses(body)
+    else:
+        problem = _validate_openai(body) if provider == "openai" else _validate_anthropic(body)
     if problem is not None:
         return 400, problem, "invalid_request_error"
     return None
@@ -1244,4 +1510,82 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or "input_schema" not in tool:
             return f"tools: invalid tool {tool!r}"
+    return None
+
+
+_RESPONSES_ROLES = frozenset({"user", "assistant", "system", "developer"})
+#: Chat Completions parameters the Responses API rejects, with the error text it answers.
+_RESPONSES_UNSUPPORTED = {
+    "messages": "Unsupported parameter: 'messages'. The Responses API takes 'input' instead.",
+    "max_tokens": "Unsupported parameter: 'max_tokens'. In the Responses API it is 'max_output_tokens'.",
+    "max_completion_tokens": (
+        "Unsupported parameter: 'max_completion_tokens'. In the Responses API it is 'max_output_tokens'."
+    ),
+    "stop": "Unsupported parameter: 'stop'.",
+}
+
+
+def _validate_responses(body: Mapping[str, Any]) -> str | None:
+    """What the Responses API rejects (as far as the fake can tell without stored responses)."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "Missing required parameter: 'model'."
+    for name, problem in _RESPONSES_UNSUPPORTED.items():
+        if name in body:
+            return problem
+    if body.get("stream") is not True:
+        return "FakeLLMServer only serves streaming requests (stream: true)"
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    if not isinstance(items, list):
+        return "Invalid type for 'input': expected a string or an array of input items."
+    calls: set[str] = set()
+    answered: set[str] = set()
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"Invalid type for 'input[{n}]': expected an object."
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            if item.get("role") not in _RESPONSES_ROLES:
+                return (
+                    f"Invalid value: {item.get('role')!r}. Supported values are: {sorted(_RESPONSES_ROLES)}."
+                )
+            if not isinstance(item.get("content"), (str, list)):
+                return f"Invalid type for 'input[{n}].content': expected a string or an array."
+        elif kind == "function_call":
+            for key in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(key), str) or (key != "arguments" and not item[key]):
+                    return f"Missing required parameter: 'input[{n}].{key}'."
+            calls.add(item["call_id"])
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if call_id not in calls:
+                return f"No tool call found for function call output with call_id {call_id}."
+            if not isinstance(item.get("output"), (str, list)):
+                return f"Invalid type for 'input[{n}].output': expected a string or an array."
+            answered.add(call_id)
+        elif kind == "reasoning":
+            if not isinstance(item.get("summary"), list):
+                return f"Missing required parameter: 'input[{n}].summary'."
+            if body.get("store") is False and not item.get("encrypted_content"):
+                return (
+                    f"Item with id {item.get('id')!r} not found. Items are not persisted when `store` is set "
+                    "to false. Try again with `store` set to true, or remove this item from your input."
+                )
+        elif not isinstance(kind, str):
+            return f"Missing required parameter: 'input[{n}].type'."
+    missing = sorted(calls - answered)
+    if missing:
+        return f"No tool output found for function call {missing[0]}."
+    for n, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            return f"Missing required parameter: 'tools[{n}].type'."
+        if tool["type"] == "function" and (not isinstance(tool.get("name"), str) or not tool["name"]):
+            return f"Missing required parameter: 'tools[{n}].name'."
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function" and not choice.get("name"):
+        return "Missing required parameter: 'tool_choice.name'."
+    limit = body.get("max_output_tokens")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 16):
+        return f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got {limit}."
     return None
