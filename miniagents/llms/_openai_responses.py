@@ -12,7 +12,14 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from miniagents.llms._common import LLMOptions, ToolCallRecord, message_role, thaw, tool_calls_of
+from miniagents.llms._common import (
+    LLMOptions,
+    ToolCallRecord,
+    endpoint_url,
+    message_role,
+    thaw,
+    tool_calls_of,
+)
 from miniagents.llms._exceptions import (
     APIStatusError,
     MalformedResponseError,
@@ -148,7 +155,7 @@ class ResponsesSpec:
         if options.extra_body:
             body.update(thaw(options.extra_body))
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        return f"{base_url}/responses", headers, body
+        return endpoint_url(base_url, "responses"), headers, body
 
     def decoder(self, options: LLMOptions, request_id: str | None) -> ResponsesDecoder:
         """Return a decoder for one stream."""
