@@ -99,3 +99,13 @@ def test_asgi_namespace_is_pinned() -> None:
     )
     for name in asgi.__all__:
         assert getattr(asgi, name).__module__ == "miniagents.asgi", name
+
+
+def test_llms_exports_structured_output_and_stay_sorted() -> None:
+    import miniagents.llms as llms
+
+    assert {"OutputValidationError", "output_of"} <= set(llms.__all__)
+    assert llms.__all__ == sorted(llms.__all__)
+    assert issubclass(llms.OutputValidationError, llms.LLMError)
+    for name in llms.__all__:
+        assert getattr(llms, name).__doc__, f"{name} needs a docstring"

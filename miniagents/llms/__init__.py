@@ -23,6 +23,7 @@ from miniagents.llms._exceptions import (
     LLMTimeoutError,
     MalformedResponseError,
     NotFoundError,
+    OutputValidationError,
     OverloadedError,
     PermissionDeniedError,
     RateLimitError,
@@ -30,6 +31,7 @@ from miniagents.llms._exceptions import (
     ToolRoundsExceededError,
     TruncatedStreamError,
 )
+from miniagents.llms._output import output_of
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
 
@@ -49,6 +51,7 @@ __all__ = [
     "LLMTimeoutError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputValidationError",
     "OverloadedError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -59,4 +62,5 @@ __all__ = [
     "TruncatedStreamError",
     "anthropic_agent",
     "openai_agent",
+    "output_of",
 ]
