@@ -109,3 +109,13 @@ def test_testing_kit_exports_the_fake_server_builders() -> None:
         assert name in testing.__all__ and name in fake_llm_server.__all__, name
         assert getattr(testing, name) is getattr(fake_llm_server, name), name
     assert testing.__all__ == sorted(testing.__all__)
+
+
+def test_llms_exports_structured_output_and_stay_sorted() -> None:
+    import miniagents.llms as llms
+
+    assert {"OutputValidationError", "output_of"} <= set(llms.__all__)
+    assert llms.__all__ == sorted(llms.__all__)
+    assert issubclass(llms.OutputValidationError, llms.LLMError)
+    for name in llms.__all__:
+        assert getattr(llms, name).__doc__, f"{name} needs a docstring"

@@ -24,6 +24,7 @@ from miniagents.llms._exceptions import (
     LLMTimeoutError,
     MalformedResponseError,
     NotFoundError,
+    OutputValidationError,
     OverloadedError,
     PermissionDeniedError,
     RateLimitError,
@@ -31,6 +32,7 @@ from miniagents.llms._exceptions import (
     ToolRoundsExceededError,
     TruncatedStreamError,
 )
+from miniagents.llms._output import output_of
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
 
@@ -50,6 +52,7 @@ __all__ = [
     "LLMTimeoutError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputValidationError",
     "OverloadedError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -60,4 +63,5 @@ __all__ = [
     "TruncatedStreamError",
     "anthropic_agent",
     "openai_agent",
+    "output_of",
 ]

@@ -67,12 +67,35 @@ _OPTIONS_DOC = """
             the reasoning items in ``reasoning_items`` (those with ``encrypted_content``, asked for with
             ``extra_body={"include": ["reasoning.encrypted_content"]}``, are sent back in later turns).  An
             incomplete response reports ``finish_reason="length"`` (``max_output_tokens``) or the reason given.
+        output_type: structured output: an attrs class, a dataclass, a ``TypedDict`` or the JSON-schema dict
+            of an object.  Its JSON schema (docstring summary as ``description``, ``Attributes:`` docs as property
+            descriptions, defaults, ``Literal``/``Enum`` values as ``enum``, fields without a default
+            ``required``) is given to the model and the answer is validated against the type (the coercion
+            rules of tool arguments).  The accepted turn has the value, as JSON data, in its ``output`` field;
+            ``await miniagents.llms.output_of(replies, MyType)`` returns the instance.
+        output_mode: ``"tool"`` (default): the model answers by calling a ``final_result`` tool whose
+            parameters are the schema (``tool_choice`` defaults to ``"required"``; the agent's other tools stay
+            available; an accepted call gets a confirmation result, other calls of that turn are not run).
+            ``"native"``: the provider's structured output: OpenAI ``response_format`` ``json_schema`` with
+            ``strict: true`` (the schema made strict: ``additionalProperties: false``, every property required,
+            optional ones nullable; ``strict: false`` for schemas that cannot be strict, e.g. a free-form
+            ``dict``), Anthropic ``output_config.format`` ``json_schema``; the answer is the turn's JSON text.
+        output_retries: how many invalid answers are sent back to the model with the validation errors, as the
+            error result of its ``final_result`` call or as a user turn, before
+            :class:`~miniagents.llms.OutputValidationError` (naming the agent and the field paths, keeping the
+            last raw answer) is raised (default 1).
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
     ``finish_reason``, ``usage`` (as reported), ``request_id``, ``response_id`` and, for tool-call turns,
     ``tool_calls`` (``{"id", "name", "arguments"}`` with ``arguments`` the JSON text).  Tool results are
     ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.
+
+    Tool arguments are validated against the declared parameter types before a tool function runs (only
+    lossless coercions: ``"2"`` -> ``2`` for an ``int``, ``2.0`` -> ``2``, ``"true"`` -> ``True``; ``2.5`` for
+    an ``int`` is an error); a wrong type, a missing required or an unknown argument is sent back to the model as
+    the error result (``is_error=True``) naming the tool and the argument path (``b: expected int, got "x"``),
+    without calling the function, so the model can correct its call.
 
     A turn cut off by the token limit (``finish_reason`` ``"length"`` / ``"max_tokens"``) while the model was
     writing tool calls is not an error, like a cut-off text answer: its calls (whose arguments may be partial

@@ -106,6 +106,9 @@ class LLMOptions:
     anthropic_version: str = "2023-06-01"
     rate_limiter: RateLimiter | None = None
     api: str = "chat_completions"
+    output_type: Any = None
+    output_mode: str = "tool"
+    output_retries: int = 1
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -231,6 +234,21 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
             f"agent {agent!r}: stop is not supported by the OpenAI Responses API (api='responses'); "
             "leave it out or use api='chat_completions'"
         )
+    _check_output(agent, values)
+
+
+def _check_output(agent: str, values: Mapping[str, Any]) -> None:
+    """Check ``output_type`` (it must have a JSON schema), ``output_mode`` and ``output_retries``."""
+    from miniagents.llms._output import OUTPUT_MODES, output_schema
+
+    if values.get("output_type") is not None:
+        output_schema(agent, values["output_type"])
+    mode = values.get("output_mode")
+    if mode is not None and mode not in OUTPUT_MODES:
+        raise ValueError(f"agent {agent!r}: output_mode must be 'tool' or 'native', got {mode!r}")
+    retries = values.get("output_retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        raise ValueError(f"agent {agent!r}: output_retries must be an int >= 0, got {retries!r}")
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:

@@ -8,6 +8,7 @@ Every failure of an LLM call is raised as an :class:`LLMError` subclass::
     ├── TruncatedStreamError      the stream ended before its terminal event ([DONE] / message_stop / finish)
     ├── MalformedResponseError    a 2xx response that is not a well-formed event stream of the provider
     ├── ToolRoundsExceededError   the model still asked for tools after ``max_tool_rounds`` rounds
+    ├── OutputValidationError     the structured output (``output_type=``) stayed invalid after ``output_retries``
     └── APIStatusError            the provider answered with an error (HTTP status or an error event mid-stream)
         ├── BadRequestError           400, 413, 422 and other 4xx (but 408 and 409: plain APIStatusError)
         │   └── ContextLengthError        the prompt does not fit the model's context window
@@ -46,6 +47,7 @@ __all__ = [
     "LLMTimeoutError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputValidationError",
     "OverloadedError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -180,6 +182,51 @@ class MalformedResponseError(LLMError):
 
 class ToolRoundsExceededError(LLMError):
     """The model asked for more tool calls after ``max_tool_rounds`` rounds of tool calls."""
+
+
+class OutputValidationError(LLMError):
+    """The model's structured output (``output_type=``) was still invalid after ``output_retries`` retries.
+
+    Attributes:
+        agent: the alias of the LLM agent.
+        issues: the problems of the last answer, as ``(path, message)`` pairs (``path`` ``""``: the whole
+            answer), e.g. ``("city.population", 'expected int, got "many"')``.
+        raw: the last answer as the model sent it (the ``final_result`` arguments or the turn's text).
+        attempts: how many answers were judged.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str,
+        issues: tuple[tuple[str, str], ...],
+        raw: str,
+        attempts: int,
+        provider: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, request_id=request_id)
+        self.agent = agent
+        self.issues = issues
+        self.raw = raw
+        self.attempts = attempts
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "issues": self.issues,
+            "raw": self.raw,
+            "attempts": self.attempts,
+            "provider": self.provider,
+            "request_id": self.request_id,
+        }
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths of the invalid values (``""`` for the whole answer)."""
+        return tuple(path for path, _ in self.issues)
 
 
 class APIStatusError(LLMError):

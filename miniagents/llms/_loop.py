@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 import httpx
 
 from miniagents import InteractionContext, Message, MessagePromise, MessageWriter, MiniAgents, TextMessage
@@ -23,6 +24,7 @@ from miniagents.llms._exceptions import (
     LLMError,
     LLMTimeoutError,
     MalformedResponseError,
+    OutputValidationError,
     ToolRoundsExceededError,
 )
 from miniagents.llms._http import (
@@ -34,6 +36,7 @@ from miniagents.llms._http import (
     transport_error,
 )
 from miniagents.llms._limiting import request_limits
+from miniagents.llms._output import OUTPUT_TOOL_NAME, OutputJudge, OutputSpec, output_spec
 from miniagents.llms._sse import SSEDecoder, SSELineTooLongError
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
 from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
@@ -58,6 +61,19 @@ class _Turn:
         self.writer: MessageWriter | None = None
         #: The finished message, set as soon as the terminal event was decoded.
         self.message: Message | None = None
+        #: Judges the structured output of the turn before its message is finished (``output_type=``).
+        self.judge: OutputJudge | None = None
+        self._tokens: list[str] = []  # kept only for the judge
+
+    def send(self, token: str) -> None:
+        """Stream one token of the turn's text."""
+        if self.judge is not None:
+            self._tokens.append(token)
+        self.open().send(token)
+
+    def text(self) -> str:
+        """The text streamed so far (known only when the turn has a judge)."""
+        return "".join(self._tokens)
 
     def open(self) -> MessageWriter:
         if self.writer is None:
@@ -72,20 +88,49 @@ async def run_llm_agent(
     """Run one call of an LLM agent (see :func:`miniagents.llms.openai_agent`)."""
     opts = parse_options(agent_name, options)
     tools = as_tools(opts.tools)
+    output = output_spec(agent_name, opts)
+    if output is not None and output.mode == "tool":
+        if any(t.name == OUTPUT_TOOL_NAME for t in tools):
+            raise ValueError(
+                f"agent {agent_name!r}: a tool is named {OUTPUT_TOOL_NAME!r}, the name of the structured-output "
+                "tool (rename it, or use output_mode='native')"
+            )
+        tools = (*tools, output.tool())
+        if opts.tool_choice is None:
+            opts = attrs.evolve(opts, tool_choice="required")
     tools_by_name = {t.name: t for t in tools}
+    failed_outputs = 0
     client = opts.http_client if opts.http_client is not None else shared_http_client()
     api_key = resolve_api_key(opts, spec)
     base_url = resolve_base_url(opts, spec)
     conversation: list[Message] = list(await ctx.messages)
     rounds = 0
     while True:
-        message = await _model_turn(ctx, spec, opts, tools, conversation, client, api_key, base_url)
+        judge = output.judge() if output is not None else None
+        message = await _model_turn(
+            ctx, spec, opts, tools, conversation, client, api_key, base_url, judge=judge
+        )
         if message is None:  # failed after its tokens became visible: consumers get the error there
             return
         calls = [
             ToolCallRecord(id=str(c["id"]), name=str(c["name"]), arguments=str(c["arguments"]))
             for c in message.get("tool_calls") or ()
         ]
+        if judge is not None and output is not None and (judge.accepted or judge.issues is not None):
+            if judge.issues is not None:
+                failed_outputs += 1
+                if failed_outputs > output.retries:
+                    raise _output_error(output, judge, failed_outputs, spec.name, message)
+            feedback = await _output_feedback(judge, calls, tools_by_name, spec.name)
+            for result in feedback:
+                if opts.reply_tool_messages:
+                    ctx.reply(result)
+                else:
+                    MiniAgents.current().persist(result)
+            if judge.accepted:
+                return
+            conversation.extend([message, *feedback])
+            continue
         if not calls:
             return
         if rounds >= opts.max_tool_rounds:
@@ -113,6 +158,8 @@ async def _model_turn(
     client: httpx.AsyncClient,
     api_key: str,
     base_url: str,
+    *,
+    judge: OutputJudge | None = None,
 ) -> Message | None:
     """Stream one model response into a replied message; return it, or ``None`` if it failed visibly.
 
@@ -121,11 +168,14 @@ async def _model_turn(
     is reported exactly once.
     """
     url, headers, body = spec.request(opts, conversation, tools, api_key, base_url)
+    if judge is not None:
+        judge.spec.amend_request(spec.name, body)
     if opts.extra_headers:
         headers.update(opts.extra_headers)
     secrets = request_secrets(url, headers, api_key)
     timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
     turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
+    turn.judge = judge
     # OpenTelemetry: a no-op unless the call is traced; adds the traceparent header when it is.
     with chat_span(spec.name, opts, url, headers, conversation) as span:
         try:
@@ -202,7 +252,7 @@ async def _stream(
                     if sniff is not None:
                         sniff = None
                     for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.open().send(token)
+                        turn.send(token)
                     if decoder.finished:
                         break
                 if decoder.finished:
@@ -211,7 +261,7 @@ async def _stream(
                 for event in sse.close():
                     sniff = None
                     for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.open().send(token)
+                        turn.send(token)
         except httpx.HTTPError as exc:  # transport errors, timeouts, undecodable content-encoding
             failure = transport_error(
                 exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
@@ -294,7 +344,9 @@ def _finish_turn(
         calls = []
     if calls:
         fields["tool_calls"] = [c.as_field() for c in calls]
-    if turn.writer is None and calls and not opts.reply_tool_messages:
+    if turn.judge is not None:
+        turn.judge(fields, calls, turn.text())  # adds the ``output`` field of a valid structured answer
+    if turn.writer is None and calls and not opts.reply_tool_messages and "output" not in fields:
         message: Message = TextMessage(content="", **{**turn.known, **fields})
         MiniAgents.current().persist(message)
         return message
@@ -385,3 +437,58 @@ async def _run_tools(
         for index, call in enumerate(calls):
             tg.start_soon(run_one, index, call)
     return [r for r in results if r is not None]
+
+
+async def _output_feedback(
+    judge: OutputJudge, calls: Sequence[ToolCallRecord], tools: Mapping[str, Tool], provider: str
+) -> list[Message]:
+    """The messages that answer a judged turn: results of its tool calls (in their order), or a user turn.
+
+    An accepted ``final_result`` call gets a short confirmation and the other calls of that turn are not run
+    (their results say so), so that the turn stays a complete exchange in a later conversation.  An invalid
+    ``final_result`` call gets the validation errors as its error result while the other calls run as usual;
+    an invalid answer without a ``final_result`` call (text, or native output) gets them as a user turn.
+    """
+
+    def result(call: ToolCallRecord, text: str, *, is_error: bool) -> Message:
+        return TextMessage(
+            content=text,
+            role="tool",
+            tool_call_id=call.id,
+            tool_name=call.name,
+            is_error=is_error,
+            provider=provider,
+        )
+
+    if judge.accepted:
+        return [
+            result(call, "The final result was accepted.", is_error=False)
+            if call.id == judge.call_id
+            else result(call, "Not run: the final result was given in the same turn.", is_error=False)
+            for call in calls
+        ]
+    if judge.call_id is not None:
+        others = [c for c in calls if c.id != judge.call_id]
+        ran = iter(await _run_tools(others, tools, provider) if others else [])
+        return [
+            result(call, judge.feedback(), is_error=True) if call.id == judge.call_id else next(ran)
+            for call in calls
+        ]
+    return [TextMessage(content=judge.feedback(), role="user", provider=provider)]
+
+
+def _output_error(
+    output: OutputSpec, judge: OutputJudge, attempts: int, provider: str, message: Message
+) -> OutputValidationError:
+    issues = judge.issues or ()
+    listed = "; ".join(str(i) for i in issues)
+    return OutputValidationError(
+        f"agent {output.agent!r}: the model's answer is not a valid {output.described} after {attempts} "
+        f"attempt{'s' if attempts > 1 else ''} (output_retries={output.retries}): {listed}",
+        agent=output.agent,
+        issues=tuple((i.path, i.message) for i in issues),
+        raw=judge.raw,
+        attempts=attempts,
+        provider=provider,
+        request_id=message.get("request_id"),
+    )

@@ -15,13 +15,32 @@ from typing import Any, Literal, Union
 
 import attrs
 
-__all__ = ["Tool", "as_tools", "json_schema_for", "tool_result_text"]
+from miniagents.llms._validation import Field, ValidationFailed, convert_fields, object_fields
+
+__all__ = ["Tool", "ToolArgumentsError", "as_tools", "json_schema_for", "tool_result_text"]
 
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_-]")
 _SECTION_RE = re.compile(
     r"^\s*(Args|Arguments|Parameters|Returns|Return|Yields|Raises|Examples?|Notes?)\s*:\s*$"
 )
 _ARG_RE = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+class ToolArgumentsError(ValueError):
+    """The model called a tool with arguments that do not match its declared parameters.
+
+    Its text (sent back to the model as the tool result, with ``is_error=True``) names the tool and every
+    problem with its path, e.g. ``tool 'add' got invalid arguments: b: expected int, got "x"``; the tool
+    function was not called.
+    """
+
+    def __init__(self, tool: str, failure: ValidationFailed) -> None:
+        self.tool = tool
+        self.issues = failure.issues
+        super().__init__(
+            f"tool {tool!r} got invalid arguments: {failure}; the tool was not run, call it again with "
+            "corrected arguments"
+        )
 
 
 def _sanitize_name(name: str) -> str:
@@ -60,6 +79,13 @@ class Tool:
 
         Parameter descriptions come from ``Annotated[T, "description"]`` or a Google-style ``Args:`` section.
 
+        Every call's arguments are validated against the parameter annotations before the function runs
+        (coercing only where nothing is lost, e.g. ``"2"`` -> ``2`` for an ``int``; the rules are in
+        :mod:`miniagents.llms._validation`): a wrong type, a missing required argument or an unknown one (unless
+        the function takes ``**kwargs``) raises :class:`ToolArgumentsError` instead, which the model gets back
+        as an error tool result naming the tool and the argument path.  Enum, attrs and dataclass parameters
+        receive instances, ``tuple``/``set`` parameters their own container type.
+
         Raises:
             TypeError: *func* is not an async function, or a parameter type has no JSON schema.
 
@@ -68,12 +94,14 @@ class Tool:
             raise TypeError(f"a tool function must be an async function, got {func!r}")
         summary, arg_docs = _parse_docstring(inspect.getdoc(func) or "")
         schema = _parameters_schema(func, skip_first=False, arg_docs=arg_docs)
+        tool_name = _sanitize_name(name or str(getattr(func, "__name__", "tool")))
+        fields, extra = _parameter_fields(func, skip_first=False)
 
         async def handler(arguments: dict[str, Any]) -> Any:
-            return await func(**arguments)
+            return await func(**_validated(tool_name, arguments, fields, extra))
 
         return cls(
-            name=name or str(getattr(func, "__name__", "tool")),
+            name=tool_name,
             description=description if description is not None else summary,
             parameters=schema,
             handler=handler,
@@ -86,13 +114,16 @@ class Tool:
         The model's arguments are passed as keyword arguments of the call (parameters already set by
         ``fork()`` are not offered to the model); the agent's replies joined as text are the tool result.
         An agent whose function declares no parameters besides the context gets one required string
-        argument ``input``, sent to it as its input message.
+        argument ``input``, sent to it as its input message (passed on as before, without validation).  The
+        arguments of an agent that declares parameters are validated like those of :meth:`from_function`.
         """
         func = agent.func
         summary, arg_docs = _parse_docstring(inspect.getdoc(func) or "")
         preset = set(_preset_kwargs(agent))
         schema = _parameters_schema(func, skip_first=True, arg_docs=arg_docs, exclude=preset)
         takes_input = not schema["properties"]
+        tool_name = _sanitize_name(name or agent.alias)
+        fields, extra = _parameter_fields(func, skip_first=True, exclude=preset)
         if takes_input:
             schema = {
                 "type": "object",
@@ -106,17 +137,52 @@ class Tool:
             if takes_input:
                 replies = agent.inquire(str(arguments.get("input", "")))
             else:
-                replies = agent.inquire(None, **arguments)
+                replies = agent.inquire(None, **_validated(tool_name, arguments, fields, extra))
             return await replies.as_single_text()
 
         agent_description = getattr(agent, "description", None)
         return cls(
-            name=name or agent.alias,
+            name=tool_name,
             description=description if description is not None else (agent_description or summary),
             parameters=schema,
             handler=handler,
             calls_agent=True,
         )
+
+
+def _parameter_fields(
+    func: Callable[..., Any], *, skip_first: bool, exclude: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[Field], bool]:
+    """The validated fields of a tool function's parameters, and whether it takes ``**kwargs``."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = list(inspect.signature(func).parameters.values())
+    if (
+        skip_first
+        and params
+        and params[0].kind
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+    ):
+        params = params[1:]
+    extra = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    fields = [
+        Field(p.name, hints.get(p.name, Any), p.default is inspect.Parameter.empty)
+        for p in params
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and p.name not in exclude
+    ]
+    return fields, extra
+
+
+def _validated(
+    tool: str, arguments: Mapping[str, Any], fields: Sequence[Field], extra: bool
+) -> dict[str, Any]:
+    try:
+        return convert_fields(dict(arguments), fields, what="argument", extra=extra)
+    except ValidationFailed as failure:
+        raise ToolArgumentsError(tool, failure) from None
 
 
 def _preset_kwargs(agent: Any) -> Mapping[str, Any]:
@@ -279,7 +345,11 @@ def json_schema_for(tp: Any, *, where: str = "") -> dict[str, Any]:
 
     Supported: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Any``, ``Literal``, ``Enum`` subclasses,
     ``list``/``tuple``/``set``/``Sequence`` (and ``tuple[X, Y]``), ``dict``/``Mapping`` with ``str`` keys,
-    ``Optional``/``Union``/``X | Y``, ``TypedDict``, dataclasses and ``Annotated[T, "description"]``.
+    ``Optional``/``Union``/``X | Y``, ``TypedDict``, dataclasses, attrs classes and
+    ``Annotated[T, "description"]``.  A dataclass or attrs class is an object schema with its docstring
+    summary as ``description``, ``Attributes:`` docs and ``Annotated`` texts as property descriptions, its
+    JSON-able defaults as ``default``, the fields without a default as ``required`` and
+    ``additionalProperties: false`` (unknown fields are rejected by the validation).
 
     Raises:
         TypeError: the type has no JSON schema (the message names *where* it was found).
@@ -317,20 +387,8 @@ def json_schema_for(tp: Any, *, where: str = "") -> dict[str, Any]:
             "properties": {k: json_schema_for(v, where=f"{where}.{k}") for k, v in hints.items()},
             "required": [k for k in hints if k in required_keys],
         }
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp, include_extras=True)
-        fields = dataclasses.fields(tp)
-        return {
-            "type": "object",
-            "properties": {
-                f.name: json_schema_for(hints.get(f.name, Any), where=f"{where}.{f.name}") for f in fields
-            },
-            "required": [
-                f.name
-                for f in fields
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            ],
-        }
+    if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or attrs.has(tp)):
+        return _object_schema(tp, where)
     if tp in (list, tuple, set, frozenset) or origin in (
         list,
         set,
@@ -360,3 +418,37 @@ def json_schema_for(tp: Any, *, where: str = "") -> dict[str, Any]:
             schema["additionalProperties"] = json_schema_for(args[1], where=where)
         return schema
     raise TypeError(f"{where}: no JSON schema for type {tp!r}")
+
+
+def _object_schema(tp: type, where: str) -> dict[str, Any]:
+    """The JSON schema of a dataclass or attrs class (see :func:`json_schema_for`)."""
+    doc = inspect.getdoc(tp) or ""
+    if dataclasses.is_dataclass(tp) and doc.startswith(f"{tp.__name__}("):
+        doc = ""  # the signature dataclasses write when there is no docstring
+    summary, field_docs = _parse_docstring(doc.replace("Attributes:", "Args:"))
+    defaults: dict[str, Any] = {}
+    if attrs.has(tp):
+        for a in attrs.fields(tp):
+            if a.init and a.default is not attrs.NOTHING and not isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+                defaults[a.name] = a.default
+    else:
+        for f in dataclasses.fields(tp):
+            if f.init and f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+    properties: dict[str, Any] = {}
+    for field in object_fields(tp):
+        schema = json_schema_for(
+            field.type, where=f"{where}.{field.key}" if where else f"{tp.__name__}.{field.key}"
+        )
+        if field.key in field_docs and "description" not in schema:
+            schema = {**schema, "description": field_docs[field.key]}
+        if field.key in defaults and _json_default_ok(defaults[field.key]):
+            schema = {**schema, "default": _jsonable(defaults[field.key])}
+        properties[field.key] = schema
+    result: dict[str, Any] = {"type": "object"}
+    if summary:
+        result["description"] = summary
+    result["properties"] = properties
+    result["required"] = [f.key for f in object_fields(tp) if f.required]
+    result["additionalProperties"] = False
+    return result

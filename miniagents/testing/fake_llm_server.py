@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -1446,6 +1447,70 @@ def _validate_openai(body: Mapping[str, Any]) -> str | None:
             return f"tools: invalid tool {tool!r}"
         if not isinstance(tool["function"].get("name"), str):
             return "tools[].function.name: required"
+    if "response_format" in body:
+        return _validate_response_format(body["response_format"])
+    return None
+
+
+_SCHEMA_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _validate_response_format(response_format: Any) -> str | None:
+    """OpenAI ``response_format``: ``text`` / ``json_object`` / ``json_schema`` (with the strict-mode rules)."""
+    if not isinstance(response_format, dict) or response_format.get("type") not in (
+        "text",
+        "json_object",
+        "json_schema",
+    ):
+        return "response_format.type: must be one of 'text', 'json_object', 'json_schema'"
+    if response_format["type"] != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return "response_format.json_schema.name: Missing required parameter"
+    if not _SCHEMA_NAME_RE.match(spec["name"]):
+        return "response_format.json_schema.name: must match ^[a-zA-Z0-9_-]{1,64}$"
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        return "response_format.json_schema.schema: must be an object"
+    if spec.get("strict") is True:
+        problem = _strict_schema_problem(schema, "()")
+        if problem is not None:
+            return f"Invalid schema for response_format {spec['name']!r}: {problem}"
+    return None
+
+
+def _strict_schema_problem(schema: Any, context: str) -> str | None:
+    """The first violation of OpenAI's strict-mode rules in *schema*, like the API words it."""
+    if isinstance(schema, list):
+        for item in schema:
+            problem = _strict_schema_problem(item, context)
+            if problem is not None:
+                return problem
+        return None
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "object" or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return f"In context={context}, 'additionalProperties' is required to be supplied and to be false."
+        properties = schema.get("properties") or {}
+        missing = [k for k in properties if k not in (schema.get("required") or [])]
+        if missing:
+            return (
+                f"In context={context}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing {missing[0]!r}."
+            )
+        for key, sub in properties.items():
+            problem = _strict_schema_problem(sub, f"{context}.properties.{key}")
+            if problem is not None:
+                return problem
+    for key in ("items", "anyOf", "$defs", "definitions"):
+        sub = schema.get(key)
+        if isinstance(sub, dict) and key in ("$defs", "definitions"):
+            sub = list(sub.values())
+        problem = _strict_schema_problem(sub, f"{context}.{key}")
+        if problem is not None:
+            return problem
     return None
 
 
@@ -1510,6 +1575,17 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or "input_schema" not in tool:
             return f"tools: invalid tool {tool!r}"
+    config = body.get("output_config")
+    if config is not None:
+        if not isinstance(config, dict):
+            return "output_config: Input should be a valid dictionary"
+        output_format = config.get("format")
+        if output_format is not None and (
+            not isinstance(output_format, dict)
+            or output_format.get("type") != "json_schema"
+            or not isinstance(output_format.get("schema"), dict)
+        ):
+            return "output_config.format: expected {'type': 'json_schema', 'schema': {...}}"
     return None
 
 
