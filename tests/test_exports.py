@@ -99,3 +99,12 @@ def test_asgi_namespace_is_pinned() -> None:
     )
     for name in asgi.__all__:
         assert getattr(asgi, name).__module__ == "miniagents.asgi", name
+
+
+def test_llms_exports_the_multimodal_parts_sorted_and_documented() -> None:
+    import miniagents.llms as llms
+
+    assert llms.__all__ == sorted(llms.__all__)
+    for name in ("DocumentPart", "ImagePart", "user_message"):
+        assert name in llms.__all__, name
+        assert getattr(llms, name).__doc__, f"{name} needs a docstring"

@@ -6,7 +6,8 @@
 Both are miniagents: ``openai_agent.inquire(history, model="gpt-4o-mini", system="...")`` replies a streamed
 message per model turn; ``openai_agent.fork(model=..., system=...)`` makes configured variants.  Failures raise
 :class:`LLMError` subclasses.  One pooled ``httpx.AsyncClient`` is shared per ``MiniAgents`` context and closed
-when it exits.
+when it exits.  :class:`ImagePart`, :class:`DocumentPart` and :func:`user_message` put images and documents in
+user turns.
 """
 
 import httpx
@@ -30,6 +31,7 @@ from miniagents.llms._exceptions import (
     ToolRoundsExceededError,
     TruncatedStreamError,
 )
+from miniagents.llms._parts import DocumentPart, ImagePart, user_message
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
 
@@ -44,6 +46,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ContextLengthError",
+    "DocumentPart",
+    "ImagePart",
     "LLMConnectionError",
     "LLMError",
     "LLMTimeoutError",
@@ -59,4 +63,5 @@ __all__ = [
     "TruncatedStreamError",
     "anthropic_agent",
     "openai_agent",
+    "user_message",
 ]

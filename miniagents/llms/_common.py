@@ -11,6 +11,7 @@ import attrs
 import httpx
 
 from miniagents._limits import RateLimiter
+from miniagents.llms._parts import cache_control_value
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -104,6 +105,8 @@ class LLMOptions:
     extra_headers: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     anthropic_version: str = "2023-06-01"
     rate_limiter: RateLimiter | None = None
+    cache_system: bool | Mapping[str, Any] | None = None
+    cache_tools: bool | Mapping[str, Any] | None = None
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -216,6 +219,12 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
     policy = values.get("retry_policy")
     if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
         raise TypeError(f"agent {agent!r}: retry_policy must be a RetryPolicy or a mapping of its fields")
+    for name in ("cache_system", "cache_tools"):
+        if values.get(name) is not None:
+            try:
+                cache_control_value(values[name], name)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"agent {agent!r}: {exc}") from None
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:
