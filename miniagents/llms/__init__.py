@@ -7,7 +7,8 @@
 Both are miniagents: ``openai_agent.inquire(history, model="gpt-4o-mini", system="...")`` replies a streamed
 message per model turn; ``openai_agent.fork(model=..., system=...)`` makes configured variants.  Failures raise
 :class:`LLMError` subclasses.  One pooled ``httpx.AsyncClient`` is shared per ``MiniAgents`` context and closed
-when it exits.
+when it exits.  :class:`ImagePart`, :class:`DocumentPart` and :func:`user_message` put images and documents in
+user turns.
 """
 
 import httpx
@@ -33,6 +34,7 @@ from miniagents.llms._exceptions import (
     TruncatedStreamError,
 )
 from miniagents.llms._output import output_of
+from miniagents.llms._parts import DocumentPart, ImagePart, user_message
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
 
@@ -47,6 +49,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ContextLengthError",
+    "DocumentPart",
+    "ImagePart",
     "LLMConnectionError",
     "LLMError",
     "LLMTimeoutError",
@@ -64,4 +68,5 @@ __all__ = [
     "anthropic_agent",
     "openai_agent",
     "output_of",
+    "user_message",
 ]

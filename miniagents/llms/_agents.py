@@ -84,6 +84,14 @@ _OPTIONS_DOC = """
             error result of its ``final_result`` call or as a user turn, before
             :class:`~miniagents.llms.OutputValidationError` (naming the agent and the field paths, keeping the
             last raw answer) is raised (default 1).
+        cache_system, cache_tools: Anthropic prompt caching: ``True`` or ``{"type": "ephemeral", "ttl": "1h"}``
+            (``ttl`` ``"5m"`` or ``"1h"``) puts a ``cache_control`` breakpoint on the last system block (the
+            system is then sent as a list of text blocks) / on the last tool.  A message field
+            ``cache_control=`` with the same values puts one on the last content block that message adds (a
+            message that adds none raises :class:`~miniagents.llms.LLMError`).  More than 4 breakpoints in a
+            request, or a ``1h`` one after a ``5m`` one (in the order tools, system, messages), raise
+            :class:`~miniagents.llms.LLMError` naming them, before anything is sent.  OpenAI caches prompt
+            prefixes automatically and ignores both options and the field.
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
@@ -113,6 +121,16 @@ _OPTIONS_DOC = """
     A call with no input message at all sends no user turn (Anthropic: a placeholder one).  Empty assistant
     texts are sent to OpenAI as ``""`` and left out for Anthropic (a tool-calls-only turn keeps its calls).
 
+    Images and documents: a user message's ``parts`` field, a tuple of ``str`` (text),
+    :class:`~miniagents.llms.ImagePart` and :class:`~miniagents.llms.DocumentPart` (see
+    :func:`~miniagents.llms.user_message`), is sent after its content, in order: OpenAI gets ``text`` /
+    ``image_url`` / ``file`` content parts (bytes as ``data:`` URLs; a plain-text document as a text part),
+    Anthropic ``text`` / ``image`` / ``document`` blocks (blank text parts left out).  A part given as an input
+    message is a user turn of that part.  A part the provider cannot take (OpenAI: a document by URL), parts on
+    a message that is not a user turn, or a ``parts`` item of another type raise
+    :class:`~miniagents.llms.LLMError` naming the agent, the input message and the part, before anything is
+    sent.
+
     Errors: :class:`~miniagents.llms.LLMError` subclasses.  Connection errors, timeouts and 408/409/429/5xx
     responses are retried with exponential backoff and jitter (``retry-after-ms`` / ``retry-after`` /
     ``x-should-retry`` honoured) until the response starts; never afterwards.  A failure after tokens were
@@ -129,7 +147,7 @@ _OPTIONS_DOC = """
 
 
 async def _openai(ctx: InteractionContext, **options: Any) -> None:
-    spec = ResponsesSpec() if options.get("api") == "responses" else OpenAISpec()
+    spec = ResponsesSpec() if options.get("api") == "responses" else OpenAISpec(agent=ctx.agent.alias)
     await run_llm_agent(ctx, spec, ctx.agent.alias, options)
 
 

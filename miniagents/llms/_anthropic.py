@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from miniagents.llms._common import (
@@ -17,10 +17,18 @@ from miniagents.llms._common import (
 )
 from miniagents.llms._exceptions import LLMError, MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
+from miniagents.llms._parts import (
+    DocumentPart,
+    ImagePart,
+    Part,
+    base64_text,
+    cache_control_value,
+    checked_parts,
+)
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
 
-__all__ = ["AnthropicDecoder", "AnthropicSpec"]
+__all__ = ["AnthropicDecoder", "AnthropicSpec", "anthropic_content_block", "check_cache_breakpoints"]
 
 #: ``max_tokens`` is required by the Messages API; this is sent when the caller gives none.
 DEFAULT_MAX_TOKENS = 4096
@@ -39,7 +47,7 @@ def _tool_input(arguments: str) -> dict[str, Any]:
 
 def anthropic_messages(
     options: LLMOptions, history: Sequence[Any], *, agent: str = "anthropic_agent"
-) -> tuple[str | None, list[dict[str, Any]]]:
+) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """Map conversation messages to ``(system, messages)`` of the Messages API.
 
     ``system``/``developer`` messages join the top-level ``system`` (after the ``system`` option); LLM replies
@@ -52,16 +60,37 @@ def anthropic_messages(
     A user message is never dropped silently, though: an empty or whitespace-only one is left out only when it
     is merged into a user turn that has other content.
 
+    A user message with ``parts`` (or a part given as a message) adds its content (when it has text), then a
+    block per part in order (see :func:`anthropic_content_block`); blank text parts are left out.
+
+    Prompt caching: a message with a ``cache_control`` field (``True`` or ``{"type": "ephemeral", "ttl":
+    "1h"}``) puts that ``cache_control`` on the last block it adds (a ``system`` message: on its own system
+    block); ``cache_system`` on the last system block.  With any breakpoint in the system, ``system`` is sent
+    as a list of text blocks (the option first, then the system messages) instead of one joined string.
+
     Raises:
         LLMError: a user turn is made only of empty or whitespace-only user messages (``inquire("")``); the
-            message names the agent alias *agent* and the positions of those messages in *history*.  Nothing
-            was sent: the API would reject the request.
+            message names the agent alias *agent* and the positions of those messages in *history*.  Also: a
+            ``parts`` problem (parts on a message that is not a user turn, an item of the wrong type), or a
+            ``cache_control`` that is not a valid marker or is on a message that sends no block, naming the
+            agent and the input message.  Nothing was sent: the API would reject the request.
 
     """
-    system_parts = [options.system] if options.system and options.system.strip() else []
+    system_parts: list[tuple[str, dict[str, Any] | None]] = (
+        [(options.system, None)] if options.system and options.system.strip() else []
+    )
     turns: list[dict[str, Any]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+    def add(role: str, blocks: list[dict[str, Any]], marker: dict[str, Any] | None = None) -> None:
+        if marker is not None:
+            real = [b for b in blocks if b.get("type") != _BLANK_USER]
+            if not real:
+                raise LLMError(
+                    f"agent {agent!r}: input message {position} has cache_control but sends no content block "
+                    "(its text is empty or only whitespace); nothing was sent",
+                    provider="anthropic",
+                )
+            blocks[-1] = {**blocks[-1], "cache_control": marker}
         if not blocks:
             return
         if turns and turns[-1]["role"] == role:
@@ -75,9 +104,23 @@ def anthropic_messages(
         # The API rejects whitespace-only text ("text content blocks must contain non-whitespace text"):
         # such texts are dropped everywhere (a model reply that was only "\n\n" is common).
         has_text = bool(content.strip())
-        if role in ("system", "developer"):
+        marker = _message_marker(message, agent, position)
+        kind = role if role in ("system", "developer", "assistant", "tool") else "user"
+        parts = checked_parts(message, kind, agent=agent, provider="anthropic", position=position)
+        if parts:
+            part_blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if has_text else []
+            part_blocks.extend(
+                anthropic_content_block(part) for part in parts if not isinstance(part, str) or part.strip()
+            )
+            if part_blocks:
+                add("user", part_blocks, marker)
+            else:
+                add("user", [{"type": _BLANK_USER, "position": position, "text": content}], marker)
+        elif role in ("system", "developer"):
             if has_text:
-                system_parts.append(content)
+                system_parts.append((content, marker))
+            elif marker is not None:
+                add("system", [], marker)  # raises: a marker on a message that sends nothing
         elif role == "assistant":
             blocks: list[dict[str, Any]] = [dict(thaw(b)) for b in (message.get("thinking_blocks") or ())]
             if has_text:
@@ -86,7 +129,7 @@ def anthropic_messages(
                 {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)}
                 for c in tool_calls_of(message)
             )
-            add("assistant", blocks)
+            add("assistant", blocks, marker)
         elif role == "tool":
             block: dict[str, Any] = {
                 "type": "tool_result",
@@ -96,12 +139,12 @@ def anthropic_messages(
                 block["content"] = content
             if message.get("is_error"):
                 block["is_error"] = True
-            add("user", [block])
+            add("user", [block], marker)
         elif has_text:
-            add("user", [{"type": "text", "text": content}])
+            add("user", [{"type": "text", "text": content}], marker)
         else:
             # Kept in place as a marker until the turns are merged: dropped only from a turn with content.
-            add("user", [{"type": _BLANK_USER, "position": position, "text": content}])
+            add("user", [{"type": _BLANK_USER, "position": position, "text": content}], marker)
     for turn in turns:
         if turn["role"] == "user":
             blocks = [b for b in turn["content"] if b.get("type") != _BLANK_USER]
@@ -115,8 +158,114 @@ def anthropic_messages(
     if last["role"] == "assistant" and last["content"][-1].get("type") == "text":
         # A final assistant turn is a prefill the model continues; the API rejects one that ends in whitespace.
         last["content"][-1] = {**last["content"][-1], "text": last["content"][-1]["text"].rstrip()}
-    system = "\n\n".join(system_parts) if system_parts else None
+    system: str | list[dict[str, Any]] | None = None
+    if system_parts:
+        system_marker = cache_control_value(options.cache_system, "cache_system")
+        if system_marker is not None and system_parts[-1][1] is None:
+            system_parts[-1] = (system_parts[-1][0], system_marker)
+        if any(m is not None for _, m in system_parts):
+            system = [
+                {"type": "text", "text": text, **({"cache_control": m} if m is not None else {})}
+                for text, m in system_parts
+            ]
+        else:
+            system = "\n\n".join(text for text, _ in system_parts)
     return system, turns
+
+
+def _message_marker(message: Any, agent: str, position: int) -> dict[str, Any] | None:
+    value = message.get("cache_control") if hasattr(message, "get") else None
+    try:
+        return cache_control_value(value, "cache_control")
+    except (TypeError, ValueError) as exc:
+        error = str(exc)
+    raise LLMError(
+        f"agent {agent!r}: input message {position}: {error}; nothing was sent", provider="anthropic"
+    )
+
+
+def anthropic_content_block(part: Part) -> dict[str, Any]:
+    """The Messages content block of a ``parts`` item.
+
+    A ``str`` is a text block; an image an ``image`` block with a ``base64`` or ``url`` source; a document a
+    ``document`` block with a ``base64`` (PDF bytes), ``url`` (PDF) or ``text`` (plain text) source and the
+    ``filename`` as its ``title``.
+    """
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, ImagePart):
+        if part.url is not None:
+            return {"type": "image", "source": {"type": "url", "url": part.url}}
+        return {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": part.media_type,
+                "data": base64_text(part.data or b""),
+            },
+        }
+    assert isinstance(part, DocumentPart)
+    source: dict[str, Any]
+    text = part.plain_text
+    if part.url is not None:
+        source = {"type": "url", "url": part.url}
+    elif text is not None:
+        source = {"type": "text", "media_type": "text/plain", "data": text}
+    else:
+        source = {"type": "base64", "media_type": "application/pdf", "data": base64_text(part.data or b"")}
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if part.filename is not None:
+        block["title"] = part.filename
+    return block
+
+
+#: Anthropic's limit of ``cache_control`` breakpoints in one request.
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def check_cache_breakpoints(body: Mapping[str, Any], agent: str) -> None:
+    """Check the ``cache_control`` breakpoints of a request *body* the way the API does, before sending it.
+
+    Raises:
+        LLMError: more than :data:`MAX_CACHE_BREAKPOINTS` breakpoints (naming the count and where each is), or
+            a ``"1h"`` breakpoint after a ``"5m"`` one (the API requires longer TTLs first, in the order
+            tools, system, messages).  The message names the agent alias *agent*.
+
+    """
+    found: list[tuple[str, str]] = []
+
+    def visit(where: str, block: Any) -> None:
+        if isinstance(block, Mapping) and isinstance(block.get("cache_control"), Mapping):
+            found.append((where, str(block["cache_control"].get("ttl", "5m"))))
+
+    for n, tool in enumerate(body.get("tools") or ()):
+        visit(f"tools[{n}]", tool)
+    system = body.get("system")
+    if isinstance(system, list):
+        for n, block in enumerate(system):
+            visit(f"system[{n}]", block)
+    for m, turn in enumerate(body.get("messages") or ()):
+        content = turn.get("content") if isinstance(turn, Mapping) else None
+        if isinstance(content, list):
+            for n, block in enumerate(content):
+                visit(f"messages[{m}].content[{n}]", block)
+    if len(found) > MAX_CACHE_BREAKPOINTS:
+        raise LLMError(
+            f"agent {agent!r}: the request has {len(found)} cache_control breakpoints "
+            f"({', '.join(w for w, _ in found)}) and Anthropic allows at most {MAX_CACHE_BREAKPOINTS}; "
+            "nothing was sent",
+            provider="anthropic",
+        )
+    short: str | None = None
+    for where, ttl in found:
+        if ttl != "1h":
+            short = short or where
+        elif short is not None:
+            raise LLMError(
+                f"agent {agent!r}: the 1h cache_control breakpoint at {where} comes after the 5m one at {short}; "
+                "Anthropic requires longer TTLs first (tools, then system, then messages); nothing was sent",
+                provider="anthropic",
+            )
 
 
 def _empty_user_turn(agent: str, blanks: list[dict[str, Any]]) -> LLMError:
@@ -158,7 +307,9 @@ class AnthropicSpec:
         """Return the URL, headers and body of a streaming Messages request.
 
         Raises:
-            LLMError: the conversation has a user turn with no text (see :func:`anthropic_messages`).
+            LLMError: the conversation has a user turn with no text, or a part or ``cache_control`` marker the
+                API would reject (see :func:`anthropic_messages`), or too many / misordered cache breakpoints
+                (see :func:`check_cache_breakpoints`).
 
         """
         system, messages = anthropic_messages(options, history, agent=self.agent)
@@ -181,6 +332,9 @@ class AnthropicSpec:
                 {"name": t.name, "description": t.description, "input_schema": thaw(t.parameters)}
                 for t in tools
             ]
+            tools_marker = cache_control_value(options.cache_tools, "cache_tools")
+            if tools_marker is not None:
+                body["tools"][-1]["cache_control"] = tools_marker
             choice = _tool_choice(options.tool_choice)
             if options.parallel_tool_calls is False:
                 choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -188,6 +342,7 @@ class AnthropicSpec:
                 body["tool_choice"] = choice
         if options.extra_body:
             body.update(thaw(options.extra_body))
+        check_cache_breakpoints(body, self.agent)
         headers = {"anthropic-version": options.anthropic_version}
         if api_key:
             headers["x-api-key"] = api_key

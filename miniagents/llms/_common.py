@@ -11,6 +11,7 @@ import attrs
 import httpx
 
 from miniagents._limits import RateLimiter
+from miniagents.llms._parts import cache_control_value
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -109,6 +110,8 @@ class LLMOptions:
     output_type: Any = None
     output_mode: str = "tool"
     output_retries: int = 1
+    cache_system: bool | Mapping[str, Any] | None = None
+    cache_tools: bool | Mapping[str, Any] | None = None
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -249,6 +252,12 @@ def _check_output(agent: str, values: Mapping[str, Any]) -> None:
     retries = values.get("output_retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
         raise ValueError(f"agent {agent!r}: output_retries must be an int >= 0, got {retries!r}")
+    for name in ("cache_system", "cache_tools"):
+        if values.get(name) is not None:
+            try:
+                cache_control_value(values[name], name)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"agent {agent!r}: {exc}") from None
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:

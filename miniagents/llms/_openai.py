@@ -16,6 +16,7 @@ from miniagents.llms._common import (
 )
 from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
 from miniagents.llms._http import build_status_error
+from miniagents.llms._parts import DocumentPart, ImagePart, Part, checked_parts, data_url, part_error
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
 
@@ -35,19 +36,44 @@ def _tool_choice(choice: Any) -> Any:
     return {"type": "function", "function": {"name": str(choice)}}
 
 
-def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[str, Any]]:
+def openai_messages(
+    options: LLMOptions, history: Sequence[Any], *, agent: str = "openai_agent"
+) -> list[dict[str, Any]]:
     """Map conversation messages to Chat Completions ``messages``.
 
     LLM replies (``role="assistant"``) become assistant turns with their ``tool_calls``; tool results
     (``role="tool"``) become tool turns; ``system``/``developer`` messages keep their role; anything else is a
     user turn.  Every message is sent as given, an empty one too (the API accepts an empty ``content``).
+
+    A user message with ``parts`` (or an image / document part given as a message) sends a content list: its
+    content as a text part (when not empty), then each part in order (see :func:`openai_content_part`).
+
+    Raises:
+        LLMError: a part the API cannot take (a document by URL), parts on a message that is not a user turn,
+            or a ``parts`` item of the wrong type; the message names the agent alias *agent*, the input
+            message and the part.  Nothing was sent.
+
     """
     messages: list[dict[str, Any]] = []
     if options.system:
         messages.append({"role": "system", "content": options.system})
-    for message in history:
+    for position, message in enumerate(history):
         role = message_role(message)
         content = str(message)
+        parts = checked_parts(
+            message,
+            "user" if role not in _NOT_USER_ROLES else role,
+            agent=agent,
+            provider="openai",
+            position=position,
+        )
+        if parts:
+            items: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+            items.extend(
+                openai_content_part(part, agent, position, index) for index, part in enumerate(parts)
+            )
+            messages.append({"role": "user", "content": items})
+            continue
         if role == "assistant":
             calls = tool_calls_of(message)
             # A turn that only calls tools sends "" (not null): OpenAI accepts both, but llama-cpp-python
@@ -70,6 +96,50 @@ def openai_messages(options: LLMOptions, history: Sequence[Any]) -> list[dict[st
     return messages
 
 
+_NOT_USER_ROLES = frozenset({"assistant", "tool", "system", "developer"})
+
+
+def openai_content_part(part: Part, agent: str, position: int, index: int) -> dict[str, Any]:
+    """One Chat Completions content part for a ``parts`` item of input message *position*.
+
+    A ``str`` is a text part; an image an ``image_url`` part (bytes as a ``data:`` URL, ``detail`` when
+    given); a PDF a ``file`` part (``file_data`` a ``data:`` URL); a plain-text document a text part (Chat
+    Completions takes no other file type).
+
+    Raises:
+        LLMError: a document by URL (the API takes file data or uploaded file ids only).
+
+    """
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, ImagePart):
+        url = part.url if part.url is not None else data_url(str(part.media_type), part.data or b"")
+        image: dict[str, Any] = {"url": url}
+        if part.detail is not None:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    assert isinstance(part, DocumentPart)
+    text = part.plain_text
+    if text is not None:
+        return {"type": "text", "text": text}
+    if part.data is None:
+        raise part_error(
+            agent,
+            "openai",
+            position,
+            f"parts[{index}] ({part!r:.200})",
+            "OpenAI Chat Completions cannot take a document by URL (only file data); download it and pass "
+            "DocumentPart(data=...)",
+        )
+    return {
+        "type": "file",
+        "file": {
+            "filename": part.filename or "document.pdf",
+            "file_data": data_url("application/pdf", part.data),
+        },
+    }
+
+
 class OpenAISpec:
     """The OpenAI Chat Completions provider."""
 
@@ -78,13 +148,22 @@ class OpenAISpec:
     base_url_env = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
 
+    def __init__(self, *, agent: str = "openai_agent") -> None:
+        #: The alias of the agent whose requests these are (named in input errors).
+        self.agent = agent
+
     def request(
         self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
-        """Return the URL, headers and body of a streaming chat completion."""
+        """Return the URL, headers and body of a streaming chat completion.
+
+        Raises:
+            LLMError: an input part the API cannot take (see :func:`openai_messages`).
+
+        """
         body: dict[str, Any] = {
             "model": options.model,
-            "messages": openai_messages(options, history),
+            "messages": openai_messages(options, history, agent=self.agent),
             "stream": True,
             "stream_options": {"include_usage": True},
         }

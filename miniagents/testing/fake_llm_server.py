@@ -1434,6 +1434,10 @@ def _validate_openai(body: Mapping[str, Any]) -> str | None:
                 pending_ids.add(call["id"])
         elif not isinstance(message.get("content"), (str, list)):
             return f"messages[{n}].content: must be a string or an array"
+        if isinstance(message.get("content"), list):
+            problem = _validate_openai_parts(n, role, message["content"])
+            if problem is not None:
+                return problem
     if pending_ids:
         return f"tool_calls without responses: {sorted(pending_ids)}"
     if body.get("stream") is not True:
@@ -1514,6 +1518,113 @@ def _strict_schema_problem(schema: Any, context: str) -> str | None:
     return None
 
 
+_OPENAI_PART_TYPES = ("text", "image_url", "input_audio", "refusal", "audio", "file")
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _validate_openai_parts(n: int, role: str, parts: list[Any]) -> str | None:
+    """Check the content parts of one Chat Completions message (text, image_url, file) like the API."""
+    for i, part in enumerate(parts):
+        where = f"messages[{n}].content[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _OPENAI_PART_TYPES:
+            return f"Invalid value: {kind!r}. Supported values are: {', '.join(map(repr, _OPENAI_PART_TYPES))}. ({where}.type)"
+        if kind != "text" and role != "user":
+            return f"{where}.type: {kind!r} content parts are only allowed in user messages"
+        if kind == "text" and not isinstance(part.get("text"), str):
+            return f"{where}.text: must be a string"
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                return f"{where}.image_url.url: required"
+            url = image["url"]
+            if not url.startswith(("http://", "https://", "data:image/")):
+                return f"{where}.image_url.url: Invalid image URL"
+            if url.startswith("data:") and (
+                ";base64," not in url or url[len("data:") : url.index(";")] not in _IMAGE_TYPES
+            ):
+                return f"{where}.image_url.url: Invalid base64 image_url (unsupported image type)"
+            if "detail" in image and image["detail"] not in ("auto", "low", "high"):
+                return f"{where}.image_url.detail: Invalid value {image['detail']!r}"
+        if kind == "file":
+            file = part.get("file")
+            if not isinstance(file, dict) or not (file.get("file_data") or file.get("file_id")):
+                return f"{where}.file: one of file_data or file_id is required"
+            data = file.get("file_data")
+            if data is not None and not (
+                isinstance(data, str) and data.startswith("data:application/pdf;base64,")
+            ):
+                return f"{where}.file.file_data: Invalid file data (only base64 PDF data URLs are supported)"
+    return None
+
+
+def _validate_anthropic_source(where: str, kind: str, source: Any) -> str | None:
+    """Check the ``source`` of an Anthropic image or document block like the API."""
+    if not isinstance(source, dict):
+        return f"{where}.source: Field required"
+    source_type = source.get("type")
+    if source_type == "url":
+        return (
+            None
+            if isinstance(source.get("url"), str) and source["url"]
+            else f"{where}.source.url: Field required"
+        )
+    if source_type == "base64":
+        allowed = _IMAGE_TYPES if kind == "image" else ("application/pdf",)
+        if source.get("media_type") not in allowed:
+            return f"{where}.source.media_type: Input should be {' or '.join(map(repr, allowed))}"
+        return (
+            None
+            if isinstance(source.get("data"), str) and source["data"]
+            else f"{where}.source.data: Field required"
+        )
+    if kind == "document" and source_type == "text":
+        if source.get("media_type") != "text/plain":
+            return f"{where}.source.media_type: Input should be 'text/plain'"
+        return None if isinstance(source.get("data"), str) else f"{where}.source.data: Field required"
+    return f"{where}.source.type: invalid source type {source_type!r}"
+
+
+def _cache_control_problem(where: str, block: Mapping[str, Any]) -> str | None:
+    marker = block.get("cache_control")
+    if marker is None:
+        return None
+    if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
+        return f"{where}.cache_control.type: Input should be 'ephemeral'"
+    if "ttl" in marker and marker["ttl"] not in ("5m", "1h"):
+        return f"{where}.cache_control.ttl: Input should be '5m' or '1h'"
+    return None
+
+
+def _validate_anthropic_caching(body: Mapping[str, Any]) -> str | None:
+    """Check the ``cache_control`` markers: valid objects, at most 4, longer TTLs first (tools, system, messages)."""
+    places: list[tuple[str, Mapping[str, Any]]] = []
+    places.extend((f"tools.{n}", t) for n, t in enumerate(body.get("tools") or []) if isinstance(t, dict))
+    if isinstance(body.get("system"), list):
+        places.extend((f"system.{n}", b) for n, b in enumerate(body["system"]) if isinstance(b, dict))
+    for m, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            places.extend(
+                (f"messages.{m}.content.{n}", b) for n, b in enumerate(content) if isinstance(b, dict)
+            )
+    count = 0
+    seen_short = False
+    for where, block in places:
+        problem = _cache_control_problem(where, block)
+        if problem is not None:
+            return problem
+        if block.get("cache_control") is not None:
+            count += 1
+            if block["cache_control"].get("ttl", "5m") == "5m":
+                seen_short = True
+            elif seen_short:
+                return "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"
+    if count > 4:
+        return f"A maximum of 4 blocks with cache_control may be provided. Found {count}."
+    return None
+
+
 def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
     if not isinstance(body.get("model"), str) or not body["model"]:
         return "model: Field required"
@@ -1521,6 +1632,19 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
         return "max_tokens: Field required"
     if "system" in body and not isinstance(body["system"], (str, list)):
         return "system: Input should be a valid string or list"
+    if isinstance(body.get("system"), list):
+        for n, block in enumerate(body["system"]):
+            if (
+                not isinstance(block, dict)
+                or block.get("type") != "text"
+                or not isinstance(block.get("text"), str)
+            ):
+                return f"system.{n}: Input should be a text block"
+            if not block["text"].strip():
+                return f"system.{n}: text content blocks must contain non-whitespace text"
+    caching = _validate_anthropic_caching(body)
+    if caching is not None:
+        return caching
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
@@ -1561,6 +1685,12 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
                 if role != "user":
                     return f"messages.{n}: tool_result blocks are only allowed in user messages"
                 result_ids.add(str(block.get("tool_use_id")))
+            elif kind in ("image", "document"):
+                if role != "user":
+                    return f"messages.{n}: {kind} blocks are only allowed in user messages"
+                problem = _validate_anthropic_source(f"messages.{n}.content", kind, block.get("source"))
+                if problem is not None:
+                    return problem
         if role == "user" and pending_ids:
             if result_ids != pending_ids:
                 return (

@@ -47,7 +47,9 @@ sent) and ``gen_ai.tool.call.result`` (the text sent back) are recorded too.
 Prompt and completion content is **not** recorded unless you opt in: ``TracingOptions(capture_message_content
 =True)`` or the standard environment variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.  It
 then goes into ``gen_ai.system_instructions``, ``gen_ai.input.messages`` and ``gen_ai.output.messages`` (JSON
-strings in the conventions' ``parts`` format).  Request headers, URLs and API keys are never recorded.
+strings in the conventions' ``parts`` format).  Request headers, URLs and API keys are never recorded.  Image
+and document parts of a message are ``uri`` parts (their URL) or ``blob`` parts with ``mime_type``, ``modality``
+and ``size`` but no ``content``: their bytes never go into a span.
 
 Without a tracer provider or with ``tracing=False`` the runtime does no OpenTelemetry work: calls pay one check
 of a tuple of observers, LLM requests and each turn's tool round one read of a context variable.

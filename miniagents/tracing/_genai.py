@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from miniagents.llms._common import message_role, tool_calls_of
+from miniagents.llms._parts import DocumentPart, ImagePart, message_parts
 
 if TYPE_CHECKING:
     from miniagents._messages import Message
@@ -67,6 +68,9 @@ def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
         }
         return role, [part]
     parts: list[dict[str, Any]] = [{"type": "text", "content": content}] if content else []
+    items = message_parts(message)
+    if items:
+        parts.extend(_content_part(item) for item in items)
     if role == "assistant":
         for call in tool_calls_of(message):
             parts.append(
@@ -78,6 +82,27 @@ def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
                 }
             )
     return role, parts
+
+
+def _content_part(item: Any) -> dict[str, Any]:
+    """The conventions' part for an item of a message's ``parts``: bytes are never recorded, only their size.
+
+    Text is a ``text`` part; an image or document by URL a ``uri`` part; bytes and plain-text documents a
+    ``blob`` part with ``mime_type``, ``modality`` and ``size`` (bytes, or characters of a text document) but
+    no ``content``, so span attributes never carry the data.
+    """
+    if isinstance(item, str):
+        return {"type": "text", "content": item}
+    if isinstance(item, (ImagePart, DocumentPart)):
+        modality = "image" if isinstance(item, ImagePart) else "document"
+        part: dict[str, Any] = {"modality": modality}
+        if item.media_type is not None:
+            part["mime_type"] = item.media_type
+        if item.url is not None:
+            return {"type": "uri", **part, "uri": item.url}
+        size = len(item.data) if item.data is not None else len(item.get("text") or "")
+        return {"type": "blob", **part, "size": size}
+    return {"type": type(item).__name__}
 
 
 def _usage(usage: Any) -> dict[str, int]:
