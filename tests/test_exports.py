@@ -99,3 +99,12 @@ def test_asgi_namespace_is_pinned() -> None:
     )
     for name in asgi.__all__:
         assert getattr(asgi, name).__module__ == "miniagents.asgi", name
+
+
+def test_llms_namespace_exports_reasoning_and_usage_names() -> None:
+    import miniagents.llms as llms
+
+    assert llms.__all__ == sorted(llms.__all__)
+    for name in ("Usage", "UsageLimit", "UsageLimitExceededError"):
+        assert name in llms.__all__, name
+        assert getattr(llms, name).__doc__, f"{name} needs a docstring"

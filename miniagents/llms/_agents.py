@@ -50,12 +50,33 @@ _OPTIONS_DOC = """
             hold one while waiting for the other when both limit concurrency.  Every attempt (retries included) reserves the prompt estimate
             (JSON body bytes / 4) plus ``max_tokens``, settles to the reported ``usage``, and a 429/503/529 with
             ``retry-after`` pauses every waiter on its key.  The wait counts toward ``timeout``.
+        thinking: Anthropic extended thinking: a budget of thinking tokens (sent as ``{"type": "enabled",
+            "budget_tokens": n}``; the API wants at least 1024) or the API's own ``thinking`` object.  Without
+            ``max_tokens`` the request then asks for the budget plus 4096.  ``openai_agent`` raises
+            :class:`~miniagents.llms.LLMError` for it: OpenAI-compatible servers that reason stream their
+            ``reasoning_content`` / ``reasoning`` anyway (their own switches go in ``extra_body``).
+        reply_reasoning: reply each turn's reasoning as its own streamed ``TextMessage(role="reasoning")``
+            before the answer (default ``False``: the replies stay the answers, as without reasoning, and the
+            whole reasoning is in the assistant message's ``reasoning`` field either way).  The reasoning of
+            a tool-call turn is replied too, also with ``reply_tool_messages=False`` (it streams before the
+            turn is known to call tools).  Reasoning messages in a conversation given back to an LLM agent
+            are left out of the request.
+        usage_limit: a :class:`~miniagents.llms.UsageLimit` (or an int: total tokens) for the whole call:
+            when the model asks for another round once the call's usage has reached a limit, the tools are not
+            run, nothing more is sent and :class:`~miniagents.llms.UsageLimitExceededError` is raised (naming
+            the agent, the limit and the usage so far); what was replied stays replied.
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
     ``finish_reason``, ``usage`` (as reported), ``request_id``, ``response_id`` and, for tool-call turns,
     ``tool_calls`` (``{"id", "name", "arguments"}`` with ``arguments`` the JSON text).  Tool results are
-    ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.
+    ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.  Every assistant message also
+    has ``normalized_usage`` (this turn's :class:`~miniagents.llms.Usage` as a dict: ``input_tokens``,
+    ``output_tokens``, ``total_tokens``, ``cache_read_tokens``, ``cache_write_tokens``, ``reasoning_tokens``,
+    ``requests``) and ``total_usage`` (the same for the whole call up to and including this turn, so the last
+    message has the call's total; ``Usage.of(message, total=True)`` reads it).  A turn that reasoned has
+    ``reasoning`` (the whole text) and, from Anthropic, ``thinking_blocks`` (the thinking and
+    redacted_thinking blocks as the API sent them, sent back verbatim when the conversation continues).
 
     A turn cut off by the token limit (``finish_reason`` ``"length"`` / ``"max_tokens"``) while the model was
     writing tool calls is not an error, like a cut-off text answer: its calls (whose arguments may be partial

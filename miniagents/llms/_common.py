@@ -14,17 +14,23 @@ from miniagents._limits import RateLimiter
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
+from miniagents.llms._usage import UsageLimit
 
 __all__ = [
     "OPTION_NAMES",
+    "REASONING_ROLE",
     "LLMOptions",
     "ProviderSpec",
+    "ReasoningDecoder",
     "StreamDecoder",
     "ToolCallRecord",
     "check_options",
     "message_role",
     "parse_options",
 ]
+
+#: The ``role`` of the streamed reasoning messages (``reply_reasoning=True``); never sent back to a model.
+REASONING_ROLE = "reasoning"
 
 #: The text of the user turn inserted when a conversation would otherwise not start with one (Anthropic).
 PLACEHOLDER_USER_TURN = "(conversation start)"
@@ -55,6 +61,18 @@ class StreamDecoder(Protocol):
 
     def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         """Return the message fields and tool calls; raise ``TruncatedStreamError`` if the stream was cut."""
+
+
+class ReasoningDecoder(Protocol):
+    """A decoder that also streams the model's reasoning (an optional extension of :class:`StreamDecoder`).
+
+    The loop calls :meth:`take_reasoning` after each :meth:`StreamDecoder.feed`; the reasoning tokens of an
+    event come before its text tokens.  The decoder's :meth:`StreamDecoder.result` puts the whole reasoning
+    (the tokens joined) in the ``reasoning`` field.
+    """
+
+    def take_reasoning(self) -> list[str]:
+        """Return (and forget) the reasoning tokens decoded since the last call."""
 
 
 class ProviderSpec(Protocol):
@@ -104,6 +122,9 @@ class LLMOptions:
     extra_headers: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     anthropic_version: str = "2023-06-01"
     rate_limiter: RateLimiter | None = None
+    thinking: int | Mapping[str, Any] | None = None
+    reply_reasoning: bool = False
+    usage_limit: UsageLimit | None = None
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -182,6 +203,9 @@ def parse_options(agent: str, options: Mapping[str, Any]) -> LLMOptions:
         values["stop"] = tuple(stop)
     tools = values.get("tools")
     values["tools"] = () if tools is None else tuple(tools)
+    limit = values.get("usage_limit")
+    if isinstance(limit, int):
+        values["usage_limit"] = UsageLimit(total_tokens=limit)
     return LLMOptions(**values)
 
 
@@ -216,6 +240,32 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
     policy = values.get("retry_policy")
     if policy is not None and not isinstance(policy, (RetryPolicy, Mapping)):
         raise TypeError(f"agent {agent!r}: retry_policy must be a RetryPolicy or a mapping of its fields")
+    _check_reasoning_and_usage(agent, values)
+
+
+def _check_reasoning_and_usage(agent: str, values: Mapping[str, Any]) -> None:
+    thinking = values.get("thinking")
+    if thinking is not None:
+        if isinstance(thinking, bool) or not isinstance(thinking, (int, Mapping)):
+            raise TypeError(
+                f"agent {agent!r}: thinking must be a budget of thinking tokens (an int, e.g. 2048) or the "
+                f"API's thinking object (a mapping), got {thinking!r:.80}"
+            )
+        if isinstance(thinking, int) and thinking < 1:
+            raise ValueError(f"agent {agent!r}: thinking must be a budget of tokens >= 1, got {thinking!r}")
+    reply_reasoning = values.get("reply_reasoning")
+    if reply_reasoning is not None and not isinstance(reply_reasoning, bool):
+        raise TypeError(f"agent {agent!r}: reply_reasoning must be a bool, got {reply_reasoning!r:.80}")
+    limit = values.get("usage_limit")
+    if limit is None or isinstance(limit, UsageLimit):
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(
+            f"agent {agent!r}: usage_limit must be a miniagents.llms.UsageLimit or an int (total tokens), "
+            f"got {type(limit).__name__}"
+        )
+    if limit < 1:
+        raise ValueError(f"agent {agent!r}: usage_limit must be >= 1 total tokens, got {limit!r}")
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:
@@ -227,6 +277,15 @@ def resolve_base_url(options: LLMOptions, spec: ProviderSpec) -> str:
     """Return the base URL from the options, the environment, or the provider default (no trailing slash)."""
     url = options.base_url or os.environ.get(spec.base_url_env) or spec.default_base_url
     return url.rstrip("/")
+
+
+def is_reasoning_message(message: Any) -> bool:
+    """Whether *message* is a streamed reasoning message (``role="reasoning"``): left out of requests.
+
+    Its text is also in the ``reasoning`` field of the assistant message of its turn, and the provider's own
+    record of it (Anthropic thinking blocks) in that message's ``thinking_blocks``.
+    """
+    return message_role(message) == REASONING_ROLE
 
 
 def message_role(message: Any) -> str:

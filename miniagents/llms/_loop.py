@@ -12,8 +12,10 @@ import httpx
 
 from miniagents import InteractionContext, Message, MessagePromise, MessageWriter, MiniAgents, TextMessage
 from miniagents.llms._common import (
+    REASONING_ROLE,
     LLMOptions,
     ProviderSpec,
+    StreamDecoder,
     ToolCallRecord,
     parse_options,
     resolve_api_key,
@@ -24,6 +26,7 @@ from miniagents.llms._exceptions import (
     LLMTimeoutError,
     MalformedResponseError,
     ToolRoundsExceededError,
+    UsageLimitExceededError,
 )
 from miniagents.llms._http import (
     make_timeout,
@@ -35,6 +38,7 @@ from miniagents.llms._http import (
 from miniagents.llms._limiting import request_limits
 from miniagents.llms._sse import SSEDecoder
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
+from miniagents.llms._usage import Usage, usage_fields
 from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
 
 __all__ = ["run_llm_agent"]
@@ -49,18 +53,62 @@ logger = logging.getLogger("miniagents.llms")
 
 
 class _Turn:
-    """The reply message of one model turn, opened (and replied) lazily."""
+    """The reply message of one model turn, opened (and replied) lazily.
 
-    def __init__(self, ctx: InteractionContext, known: Mapping[str, Any]) -> None:
+    With *reply_reasoning*, the model's reasoning streams into its own ``TextMessage(role="reasoning")``,
+    replied when the first reasoning token arrives and finished when the answer's first token does (or when
+    the turn ends), so it comes before the answer in the replies.  Reasoning that resumes after the answer
+    began (rare) opens another reasoning message.  *usage_before* is the call's usage before this turn.
+    """
+
+    def __init__(
+        self,
+        ctx: InteractionContext,
+        known: Mapping[str, Any],
+        *,
+        reply_reasoning: bool = False,
+        usage_before: Usage | None = None,
+    ) -> None:
         self.ctx = ctx
         self.known = dict(known)
         self.writer: MessageWriter | None = None
+        self.reply_reasoning = reply_reasoning
+        self.usage_before = usage_before if usage_before is not None else Usage()
+        self.reasoning_writer: MessageWriter | None = None
+        #: Every reasoning message of the turn: failed with the turn when it fails visibly.
+        self.reasoning_writers: list[MessageWriter] = []
 
     def open(self) -> MessageWriter:
+        self.end_reasoning()
         if self.writer is None:
             promise, self.writer = MessagePromise.open(message_class=TextMessage, **self.known)
             self.ctx.reply(promise)
         return self.writer
+
+    def reason(self, token: str) -> None:
+        """Stream one reasoning token (dropped without ``reply_reasoning``: the field keeps the whole text)."""
+        if not self.reply_reasoning:
+            return
+        if self.reasoning_writer is None:
+            known = {**self.known, "role": REASONING_ROLE}
+            promise, self.reasoning_writer = MessagePromise.open(message_class=TextMessage, **known)
+            self.reasoning_writers.append(self.reasoning_writer)
+            self.ctx.reply(promise)
+        self.reasoning_writer.send(token)
+
+    def end_reasoning(self) -> None:
+        if self.reasoning_writer is not None:
+            self.reasoning_writer.finish()
+            self.reasoning_writer = None
+
+    @property
+    def visible(self) -> bool:
+        """Whether a message of this turn was replied (a failure then ends it instead of the call)."""
+        return self.writer is not None or bool(self.reasoning_writers)
+
+    def fail(self, error: LLMError) -> None:
+        for writer in [*self.reasoning_writers, *([self.writer] if self.writer is not None else [])]:
+            writer.fail(error)
 
 
 async def run_llm_agent(
@@ -74,11 +122,21 @@ async def run_llm_agent(
     api_key = resolve_api_key(opts, spec)
     base_url = resolve_base_url(opts, spec)
     conversation: list[Message] = list(await ctx.messages)
+    if opts.thinking is not None and spec.name != "anthropic":
+        raise LLMError(
+            f"agent {agent_name!r}: thinking= is an Anthropic option; for an OpenAI-compatible server pass "
+            "its own request field with extra_body= (its reasoning streams either way)",
+            provider=spec.name,
+        )
     rounds = 0
+    usage = Usage()
     while True:
-        message = await _model_turn(ctx, spec, opts, tools, conversation, client, api_key, base_url)
+        message = await _model_turn(
+            ctx, spec, opts, tools, conversation, client, api_key, base_url, usage_before=usage
+        )
         if message is None:  # failed after its tokens became visible: consumers get the error there
             return
+        usage = Usage.of(message, total=True)
         calls = [
             ToolCallRecord(id=str(c["id"]), name=str(c["name"]), arguments=str(c["arguments"]))
             for c in message.get("tool_calls") or ()
@@ -91,6 +149,21 @@ async def run_llm_agent(
                 provider=spec.name,
                 request_id=message.get("request_id"),
             )
+        if opts.usage_limit is not None:
+            reached = opts.usage_limit.reached(usage)
+            if reached is not None:
+                name, used, limit = reached
+                raise UsageLimitExceededError(
+                    f"agent {agent_name!r} reached its usage limit {name}={limit} ({name} so far: {used}, "
+                    f"after {usage.requests} request(s), {usage.total_tokens} tokens) while the model asked "
+                    f"for {len(calls)} tool call(s); they were not run and no further request was sent",
+                    provider=spec.name,
+                    request_id=message.get("request_id"),
+                    agent=agent_name,
+                    limit=opts.usage_limit,
+                    usage=usage,
+                    limit_name=name,
+                )
         rounds += 1
         results = await _run_tools(calls, tools_by_name, spec.name)
         for result in results:
@@ -110,6 +183,8 @@ async def _model_turn(
     client: httpx.AsyncClient,
     api_key: str,
     base_url: str,
+    *,
+    usage_before: Usage | None = None,
 ) -> Message | None:
     """Stream one model response into a replied message; return it, or ``None`` if it failed visibly.
 
@@ -121,7 +196,12 @@ async def _model_turn(
     if opts.extra_headers:
         headers.update(opts.extra_headers)
     timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
-    turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
+    turn = _Turn(
+        ctx,
+        {"role": "assistant", "provider": spec.name, "model": opts.model},
+        reply_reasoning=opts.reply_reasoning,
+        usage_before=usage_before,
+    )
     # OpenTelemetry: a no-op unless the call is traced; adds the traceparent header when it is.
     with chat_span(spec.name, opts, url, headers, conversation) as span:
         try:
@@ -132,10 +212,10 @@ async def _model_turn(
                     f"the model call took longer than timeout={opts.timeout} s", provider=spec.name
                 )
         except LLMError as error:
-            if turn.writer is None:
+            if not turn.visible:
                 raise
             span.failed(error)
-            turn.writer.fail(error)
+            turn.fail(error)
             return None
         span.finished(message)
     return message
@@ -175,22 +255,22 @@ async def _stream(
         if request_id:
             turn.known["request_id"] = request_id
         decoder = spec.decoder(opts, request_id)
+        take_reasoning = _reasoning_source(decoder)
         sse = SSEDecoder()
         chunks = response.aiter_bytes()
         failure: LLMError | None = None
         try:
             async for chunk in chunks:
                 for event in sse.feed(chunk):
-                    for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.open().send(token)
+                    tokens = _decode(spec.name, request_id, decoder.feed, event)
+                    _emit(turn, tokens, take_reasoning)
                     if decoder.finished:
                         break
                 if decoder.finished:
                     break
             else:
                 for event in sse.close():
-                    for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.open().send(token)
+                    _emit(turn, _decode(spec.name, request_id, decoder.feed, event), take_reasoning)
         except httpx.HTTPError as exc:  # transport errors, timeouts, undecodable content-encoding
             failure = transport_error(
                 exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
@@ -200,6 +280,7 @@ async def _stream(
             # become the __context__ of the error.
             raise failure
         fields, calls = _decode(spec.name, request_id, decoder.result)
+        fields.update(usage_fields(fields.get("usage"), spec.name, turn.usage_before))
         # The message is finished before the rest of the body is drained: consumers never wait for that.
         message = _finish_turn(turn, fields, calls, opts, spec.name)
         if limits is not None:
@@ -213,6 +294,7 @@ def _finish_turn(
     turn: _Turn, fields: dict[str, Any], calls: list[ToolCallRecord], opts: LLMOptions, provider: str
 ) -> Message:
     """Resolve the turn's message with its final fields (tool calls of a cut-off turn kept apart)."""
+    turn.end_reasoning()
     incomplete = fields.get("finish_reason") in _CUT_OFF_REASONS
     if calls and incomplete:
         # The token limit cut the turn while the model was writing tool calls: their arguments may be
@@ -237,6 +319,21 @@ def _finish_turn(
 
 
 _T = TypeVar("_T")
+
+
+def _reasoning_source(decoder: StreamDecoder) -> Callable[[], list[str]] | None:
+    """The decoder's ``take_reasoning`` (see :class:`~miniagents.llms._common.ReasoningDecoder`), if it has one."""
+    take = getattr(decoder, "take_reasoning", None)
+    return take if callable(take) else None
+
+
+def _emit(turn: _Turn, tokens: list[str], take_reasoning: Callable[[], list[str]] | None) -> None:
+    """Stream one event's tokens: its reasoning first, then its text."""
+    if take_reasoning is not None:
+        for token in take_reasoning():
+            turn.reason(token)
+    for token in tokens:
+        turn.open().send(token)
 
 
 def _decode(provider: str, request_id: str | None, step: Callable[..., _T], *args: Any) -> _T:
