@@ -114,9 +114,16 @@ def test_testing_kit_exports_the_fake_server_builders() -> None:
 def test_llms_exports_structured_output_and_parts_sorted_and_documented() -> None:
     import miniagents.llms as llms
 
-    assert {"DocumentPart", "ImagePart", "OutputValidationError", "output_of", "user_message"} <= set(
-        llms.__all__
-    )
+    assert {
+        "DocumentPart",
+        "ImagePart",
+        "OutputValidationError",
+        "Usage",
+        "UsageLimit",
+        "UsageLimitExceededError",
+        "output_of",
+        "user_message",
+    } <= set(llms.__all__)
     assert llms.__all__ == sorted(llms.__all__)
     assert issubclass(llms.OutputValidationError, llms.LLMError)
     for name in llms.__all__:

@@ -9,6 +9,10 @@ message per model turn; ``openai_agent.fork(model=..., system=...)`` makes confi
 :class:`LLMError` subclasses.  One pooled ``httpx.AsyncClient`` is shared per ``MiniAgents`` context and closed
 when it exits.  :class:`ImagePart`, :class:`DocumentPart` and :func:`user_message` put images and documents in
 user turns.
+when it exits.  With ``reply_reasoning=True`` a turn's reasoning (Anthropic extended thinking, the
+``reasoning_content`` of OpenAI-compatible servers) streams as its own message before the answer; every
+assistant message carries its :class:`Usage` in a provider-independent shape, and ``usage_limit=``
+(:class:`UsageLimit`) stops a runaway tool loop.
 """
 
 import httpx
@@ -32,17 +36,20 @@ from miniagents.llms._exceptions import (
     ServerError,
     ToolRoundsExceededError,
     TruncatedStreamError,
+    UsageLimitExceededError,
 )
 from miniagents.llms._output import output_of
 from miniagents.llms._parts import DocumentPart, ImagePart, user_message
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
+from miniagents.llms._usage import Usage, UsageLimit
 
 # Passed in agent kwargs as they are: a pooled client is made to be shared by concurrent tasks, and the
 # policy and tool descriptions are frozen attrs classes.
 share_by_reference(httpx.AsyncClient)
 share_by_reference(RetryPolicy)
 share_by_reference(Tool)
+share_by_reference(UsageLimit)
 
 __all__ = [
     "APIStatusError",
@@ -65,6 +72,9 @@ __all__ = [
     "Tool",
     "ToolRoundsExceededError",
     "TruncatedStreamError",
+    "Usage",
+    "UsageLimit",
+    "UsageLimitExceededError",
     "anthropic_agent",
     "openai_agent",
     "output_of",

@@ -92,12 +92,33 @@ _OPTIONS_DOC = """
             request, or a ``1h`` one after a ``5m`` one (in the order tools, system, messages), raise
             :class:`~miniagents.llms.LLMError` naming them, before anything is sent.  OpenAI caches prompt
             prefixes automatically and ignores both options and the field.
+        thinking: Anthropic extended thinking: a budget of thinking tokens (sent as ``{"type": "enabled",
+            "budget_tokens": n}``; the API wants at least 1024) or the API's own ``thinking`` object.  Without
+            ``max_tokens`` the request then asks for the budget plus 4096.  ``openai_agent`` raises
+            :class:`~miniagents.llms.LLMError` for it: OpenAI-compatible servers that reason stream their
+            ``reasoning_content`` / ``reasoning`` anyway (their own switches go in ``extra_body``).
+        reply_reasoning: reply each turn's reasoning as its own streamed ``TextMessage(role="reasoning")``
+            before the answer (default ``False``: the replies stay the answers, as without reasoning, and the
+            whole reasoning is in the assistant message's ``reasoning`` field either way).  The reasoning of
+            a tool-call turn is replied too, also with ``reply_tool_messages=False`` (it streams before the
+            turn is known to call tools).  Reasoning messages in a conversation given back to an LLM agent
+            are left out of the request.
+        usage_limit: a :class:`~miniagents.llms.UsageLimit` (or an int: total tokens) for the whole call:
+            when the model asks for another round once the call's usage has reached a limit, the tools are not
+            run, nothing more is sent and :class:`~miniagents.llms.UsageLimitExceededError` is raised (naming
+            the agent, the limit and the usage so far); what was replied stays replied.
 
     Replies: each model turn is one streamed message (``TextMessage``) whose tokens arrive as they are
     generated, with fields ``role="assistant"``, ``provider``, ``model`` (as reported by the server),
     ``finish_reason``, ``usage`` (as reported), ``request_id``, ``response_id`` and, for tool-call turns,
     ``tool_calls`` (``{"id", "name", "arguments"}`` with ``arguments`` the JSON text).  Tool results are
-    ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.
+    ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.  Every assistant message also
+    has ``normalized_usage`` (this turn's :class:`~miniagents.llms.Usage` as a dict: ``input_tokens``,
+    ``output_tokens``, ``total_tokens``, ``cache_read_tokens``, ``cache_write_tokens``, ``reasoning_tokens``,
+    ``requests``) and ``total_usage`` (the same for the whole call up to and including this turn, so the last
+    message has the call's total; ``Usage.of(message, total=True)`` reads it).  A turn that reasoned has
+    ``reasoning`` (the whole text) and, from Anthropic, ``thinking_blocks`` (the thinking and
+    redacted_thinking blocks as the API sent them, sent back verbatim when the conversation continues).
 
     Tool arguments are validated against the declared parameter types before a tool function runs (only
     lossless coercions: ``"2"`` -> ``2`` for an ``int``, ``2.0`` -> ``2``, ``"true"`` -> ``True``; ``2.5`` for

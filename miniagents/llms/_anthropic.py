@@ -11,6 +11,7 @@ from miniagents.llms._common import (
     LLMOptions,
     ToolCallRecord,
     endpoint_url,
+    is_reasoning_message,
     message_role,
     thaw,
     tool_calls_of,
@@ -57,6 +58,11 @@ def anthropic_messages(
     (the API rejects them), a final assistant (prefill) text loses its trailing whitespace (rejected too), and a
     placeholder user turn is inserted when the conversation would not start with a user turn.
 
+    Streamed reasoning messages (``role="reasoning"``) are left out: the thinking of a turn goes back as the
+    ``thinking_blocks`` of its assistant message (verbatim: ``thinking`` with its ``signature``,
+    ``redacted_thinking`` with its ``data``), before its text and ``tool_use`` blocks, as the API requires
+    when a tool loop continues with thinking enabled.
+
     A user message is never dropped silently, though: an empty or whitespace-only one is left out only when it
     is merged into a user turn that has other content.
 
@@ -99,6 +105,8 @@ def anthropic_messages(
             turns.append({"role": role, "content": list(blocks)})
 
     for position, message in enumerate(history):
+        if is_reasoning_message(message):
+            continue
         role = message_role(message)
         content = str(message)
         # The API rejects whitespace-only text ("text content blocks must contain non-whitespace text"):
@@ -279,6 +287,16 @@ def _empty_user_turn(agent: str, blanks: list[dict[str, Any]]) -> LLMError:
     )
 
 
+def _thinking(option: Any) -> dict[str, Any] | None:
+    """The request's ``thinking`` object: a budget ``N`` is ``{"type": "enabled", "budget_tokens": N}``."""
+    if option is None:
+        return None
+    if isinstance(option, int):
+        return {"type": "enabled", "budget_tokens": option}
+    value = thaw(option)
+    return value if isinstance(value, dict) else None
+
+
 def _tool_choice(choice: Any) -> Any:
     if choice is None or hasattr(choice, "items"):
         return thaw(choice)
@@ -313,12 +331,20 @@ class AnthropicSpec:
 
         """
         system, messages = anthropic_messages(options, history, agent=self.agent)
+        thinking = _thinking(options.thinking)
+        max_tokens = options.max_tokens
+        if max_tokens is None:
+            # max_tokens must exceed the thinking budget: the default leaves DEFAULT_MAX_TOKENS for the answer.
+            budget = thinking.get("budget_tokens") if thinking else None
+            max_tokens = DEFAULT_MAX_TOKENS + (budget if isinstance(budget, int) else 0)
         body: dict[str, Any] = {
             "model": options.model,
-            "max_tokens": options.max_tokens if options.max_tokens is not None else DEFAULT_MAX_TOKENS,
+            "max_tokens": max_tokens,
             "messages": messages,
             "stream": True,
         }
+        if thinking:
+            body["thinking"] = thinking
         if system:
             body["system"] = system
         if options.temperature is not None:
@@ -374,9 +400,11 @@ class AnthropicDecoder:
     """Decode Messages stream events.
 
     Text comes from ``text_delta``; ``tool_use`` inputs are assembled from ``input_json_delta`` fragments per
-    block index (an empty input means ``{}``); thinking blocks are kept (with their signature) so they can be
-    sent back in a tool loop.  ``ping`` and unknown events are ignored; an ``error`` event raises the typed
-    error at once.  The stream is complete only after ``message_stop``.
+    block index (an empty input means ``{}``); thinking blocks are kept (with their signature, and
+    ``redacted_thinking`` blocks with their ``data``) so they can be sent back in a tool loop, and their
+    ``thinking_delta`` texts stream as reasoning tokens (a thinking block after the first is preceded by a
+    blank-line token), joined in the ``reasoning`` field.  ``ping`` and unknown events are ignored; an
+    ``error`` event raises the typed error at once.  The stream is complete only after ``message_stop``.
     """
 
     def __init__(self, *, model: str, request_id: str | None) -> None:
@@ -386,6 +414,9 @@ class AnthropicDecoder:
         self._usage: dict[str, Any] = {}
         self._stop_reason: str | None = None
         self._done = False
+        self._reasoning: list[str] = []
+        self._reasoning_taken = 0
+        self._thinking_blocks = 0
 
     @property
     def finished(self) -> bool:
@@ -423,6 +454,14 @@ class AnthropicDecoder:
             self._blocks[index] = _Block(str(start.get("type", "")), start)
             if start.get("type") == "text" and isinstance(start.get("text"), str) and start["text"]:
                 return [start["text"]]
+            if start.get("type") == "thinking":
+                if self._thinking_blocks:
+                    self._reasoning.append("\n\n")
+                self._thinking_blocks += 1
+                initial = start.get("thinking")
+                if isinstance(initial, str) and initial:
+                    self._blocks[index].parts.append(initial)
+                    self._reasoning.append(initial)
         elif kind == "content_block_delta":
             delta = self._object(payload, "delta")
             block = self._blocks.get(self._index(payload, default=-1))
@@ -436,7 +475,10 @@ class AnthropicDecoder:
             elif delta_type == "input_json_delta":
                 block.parts.append(str(delta.get("partial_json", "")))
             elif delta_type == "thinking_delta":
-                block.parts.append(str(delta.get("thinking", "")))
+                thinking = delta.get("thinking")
+                if isinstance(thinking, str) and thinking:
+                    block.parts.append(thinking)
+                    self._reasoning.append(thinking)
             elif delta_type == "signature_delta":
                 block.signature += str(delta.get("signature", ""))
         elif kind == "message_delta":
@@ -450,6 +492,12 @@ class AnthropicDecoder:
         elif kind == "message_stop":
             self._done = True
         return []
+
+    def take_reasoning(self) -> list[str]:
+        """Return the reasoning tokens decoded since the last call (see :class:`ReasoningDecoder`)."""
+        fresh = self._reasoning[self._reasoning_taken :]
+        self._reasoning_taken = len(self._reasoning)
+        return fresh
 
     def _malformed(self, detail: str) -> MalformedResponseError:
         return MalformedResponseError(
@@ -494,4 +542,6 @@ class AnthropicDecoder:
                 thinking.append(dict(block.data))
         if thinking:
             fields["thinking_blocks"] = thinking
+        if self._reasoning:
+            fields["reasoning"] = "".join(self._reasoning)
         return fields, calls

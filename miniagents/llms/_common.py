@@ -15,11 +15,14 @@ from miniagents.llms._parts import cache_control_value
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
+from miniagents.llms._usage import UsageLimit
 
 __all__ = [
     "OPTION_NAMES",
+    "REASONING_ROLE",
     "LLMOptions",
     "ProviderSpec",
+    "ReasoningDecoder",
     "StreamDecoder",
     "ToolCallRecord",
     "check_options",
@@ -27,6 +30,9 @@ __all__ = [
     "message_role",
     "parse_options",
 ]
+
+#: The ``role`` of the streamed reasoning messages (``reply_reasoning=True``); never sent back to a model.
+REASONING_ROLE = "reasoning"
 
 #: The text of the user turn inserted when a conversation would otherwise not start with one (Anthropic).
 PLACEHOLDER_USER_TURN = "(conversation start)"
@@ -57,6 +63,18 @@ class StreamDecoder(Protocol):
 
     def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         """Return the message fields and tool calls; raise ``TruncatedStreamError`` if the stream was cut."""
+
+
+class ReasoningDecoder(Protocol):
+    """A decoder that also streams the model's reasoning (an optional extension of :class:`StreamDecoder`).
+
+    The loop calls :meth:`take_reasoning` after each :meth:`StreamDecoder.feed`; the reasoning tokens of an
+    event come before its text tokens.  The decoder's :meth:`StreamDecoder.result` puts the whole reasoning
+    (the tokens joined) in the ``reasoning`` field.
+    """
+
+    def take_reasoning(self) -> list[str]:
+        """Return (and forget) the reasoning tokens decoded since the last call."""
 
 
 class ProviderSpec(Protocol):
@@ -112,6 +130,9 @@ class LLMOptions:
     output_retries: int = 1
     cache_system: bool | Mapping[str, Any] | None = None
     cache_tools: bool | Mapping[str, Any] | None = None
+    thinking: int | Mapping[str, Any] | None = None
+    reply_reasoning: bool = False
+    usage_limit: UsageLimit | None = None
 
     def retry(self) -> RetryPolicy:
         """The retry policy: ``retry_policy`` if given, else the default with ``max_retries``."""
@@ -193,6 +214,9 @@ def parse_options(agent: str, options: Mapping[str, Any]) -> LLMOptions:
         values["stop"] = tuple(stop)
     tools = values.get("tools")
     values["tools"] = () if tools is None else tuple(tools)
+    limit = values.get("usage_limit")
+    if isinstance(limit, int):
+        values["usage_limit"] = UsageLimit(total_tokens=limit)
     return LLMOptions(**values)
 
 
@@ -238,6 +262,7 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
             "leave it out or use api='chat_completions'"
         )
     _check_output(agent, values)
+    _check_reasoning_and_usage(agent, values)
 
 
 def _check_output(agent: str, values: Mapping[str, Any]) -> None:
@@ -258,6 +283,31 @@ def _check_output(agent: str, values: Mapping[str, Any]) -> None:
                 cache_control_value(values[name], name)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"agent {agent!r}: {exc}") from None
+
+
+def _check_reasoning_and_usage(agent: str, values: Mapping[str, Any]) -> None:
+    thinking = values.get("thinking")
+    if thinking is not None:
+        if isinstance(thinking, bool) or not isinstance(thinking, (int, Mapping)):
+            raise TypeError(
+                f"agent {agent!r}: thinking must be a budget of thinking tokens (an int, e.g. 2048) or the "
+                f"API's thinking object (a mapping), got {thinking!r:.80}"
+            )
+        if isinstance(thinking, int) and thinking < 1:
+            raise ValueError(f"agent {agent!r}: thinking must be a budget of tokens >= 1, got {thinking!r}")
+    reply_reasoning = values.get("reply_reasoning")
+    if reply_reasoning is not None and not isinstance(reply_reasoning, bool):
+        raise TypeError(f"agent {agent!r}: reply_reasoning must be a bool, got {reply_reasoning!r:.80}")
+    limit = values.get("usage_limit")
+    if limit is None or isinstance(limit, UsageLimit):
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(
+            f"agent {agent!r}: usage_limit must be a miniagents.llms.UsageLimit or an int (total tokens), "
+            f"got {type(limit).__name__}"
+        )
+    if limit < 1:
+        raise ValueError(f"agent {agent!r}: usage_limit must be >= 1 total tokens, got {limit!r}")
 
 
 def resolve_api_key(options: LLMOptions, spec: ProviderSpec) -> str:
@@ -281,6 +331,15 @@ def endpoint_url(base_url: str, path: str) -> str:
     base, question, query = base_url.partition("?")
     url = f"{base.rstrip('/')}/{path.lstrip('/')}"
     return f"{url}?{query}" if question else url
+
+
+def is_reasoning_message(message: Any) -> bool:
+    """Whether *message* is a streamed reasoning message (``role="reasoning"``): left out of requests.
+
+    Its text is also in the ``reasoning`` field of the assistant message of its turn, and the provider's own
+    record of it (Anthropic thinking blocks) in that message's ``thinking_blocks``.
+    """
+    return message_role(message) == REASONING_ROLE
 
 
 def message_role(message: Any) -> str:

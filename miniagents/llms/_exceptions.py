@@ -9,13 +9,14 @@ Every failure of an LLM call is raised as an :class:`LLMError` subclass::
     ├── MalformedResponseError    a 2xx response that is not a well-formed event stream of the provider
     ├── ToolRoundsExceededError   the model still asked for tools after ``max_tool_rounds`` rounds
     ├── OutputValidationError     the structured output (``output_type=``) stayed invalid after ``output_retries``
+    ├── UsageLimitExceededError   the call's usage reached its ``usage_limit`` while the model asked for more
     └── APIStatusError            the provider answered with an error (HTTP status or an error event mid-stream)
         ├── BadRequestError           400, 413, 422 and other 4xx (but 408 and 409: plain APIStatusError)
         │   └── ContextLengthError        the prompt does not fit the model's context window
         ├── AuthenticationError       401
         ├── PermissionDeniedError     403
         ├── NotFoundError             404 (e.g. unknown model)
-        ├── RateLimitError            429
+        ├── RateLimitError            429 (``retry_after``, ``rate_limit_headers``)
         └── ServerError               5xx
             └── OverloadedError           529 / ``overloaded_error``
 
@@ -32,10 +33,14 @@ text), naming the agent and the input message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from miniagents._frozen import EMPTY, FrozenDict
 from miniagents._secrets import redact_text
+
+if TYPE_CHECKING:
+    from miniagents.llms._usage import Usage, UsageLimit
 
 __all__ = [
     "APIStatusError",
@@ -54,6 +59,7 @@ __all__ = [
     "ServerError",
     "ToolRoundsExceededError",
     "TruncatedStreamError",
+    "UsageLimitExceededError",
 ]
 
 
@@ -229,8 +235,80 @@ class OutputValidationError(LLMError):
         return tuple(path for path, _ in self.issues)
 
 
+class UsageLimitExceededError(LLMError):
+    """The call's usage reached its ``usage_limit`` while the model asked for another round.
+
+    No further request was sent and the requested tools were not run; every message already replied (the
+    earlier turns, tool results, the turn that asked) stays replied.
+
+    Attributes:
+        agent: the alias of the LLM agent whose call stopped.
+        limit: the :class:`~miniagents.llms.UsageLimit` of the call.
+        usage: the call's :class:`~miniagents.llms.Usage` so far.
+        limit_name: which limit was reached (``"total_tokens"``, ``"input_tokens"``, ``"output_tokens"`` or
+            ``"requests"``).
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        limit: UsageLimit | None = None,
+        usage: Usage | None = None,
+        limit_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.agent = agent
+        self.limit = limit
+        self.usage = usage
+        self.limit_name = limit_name
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            **super()._state(),
+            "agent": self.agent,
+            "limit": self.limit,
+            "usage": self.usage,
+            "limit_name": self.limit_name,
+        }
+
+
 class APIStatusError(LLMError):
-    """The provider reported an error: an HTTP error status, or an error event in the stream."""
+    """The provider reported an error: an HTTP error status, or an error event in the stream.
+
+    Attributes:
+        retry_after: the delay the server asked for, in seconds (``retry-after-ms``, else ``retry-after`` as
+            seconds or an HTTP date; a date in the past gives ``0.0``), or ``None`` when it sent neither (a
+            mid-stream error event has no headers).
+        rate_limit_headers: the response's rate-limit headers, names lower-cased, as a read-only mapping
+            (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``, the IETF draft's ``ratelimit*``);
+            empty when there were none.  No other header is kept: never a request or auth header.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rate_limit_headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.rate_limit_headers: FrozenDict[str, str] = (
+            FrozenDict(rate_limit_headers) if rate_limit_headers else EMPTY
+        )
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            **super()._state(),
+            "retry_after": self.retry_after,
+            "rate_limit_headers": self.rate_limit_headers.to_dict(),
+        }
 
 
 class BadRequestError(APIStatusError):
@@ -254,7 +332,12 @@ class NotFoundError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """Too many requests or tokens, or the quota is exhausted (429)."""
+    """Too many requests or tokens, or the quota is exhausted (429).
+
+    ``retry_after`` is how long the server asked to wait (seconds, or ``None``) and ``rate_limit_headers`` the
+    provider's ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers (limits, remaining, reset times) of the
+    response that was refused: the last attempt's, when retries were made.
+    """
 
 
 class ServerError(APIStatusError):

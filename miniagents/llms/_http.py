@@ -22,7 +22,7 @@ from miniagents.llms._exceptions import (
     error_class_for,
 )
 from miniagents.llms._limiting import RequestLimits
-from miniagents.llms._retry import RetryPolicy, should_retry_status
+from miniagents.llms._retry import RetryPolicy, retry_after_seconds, should_retry_status
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -33,6 +33,7 @@ __all__ = [
     "make_timeout",
     "open_stream",
     "request_secrets",
+    "rate_limit_headers_of",
     "shared_http_client",
     "transport_error",
 ]
@@ -135,14 +136,31 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+#: Response headers kept on errors as ``rate_limit_headers`` (OpenAI, Anthropic, the IETF RateLimit draft).
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimit")
+
+
+def rate_limit_headers_of(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit headers of a response (names lower-cased); no other header, so never an auth header."""
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith(_RATE_LIMIT_PREFIXES)
+    }
+
+
 def build_status_error(
     status: int | None, headers: Mapping[str, str], raw: bytes, *, provider: str
 ) -> APIStatusError:
-    """Build the typed error for an error response (or a mid-stream error event when *status* is ``None``)."""
+    """Build the typed error for an error response (or a mid-stream error event when *status* is ``None``).
+
+    The error carries the server's ``retry_after`` (seconds, never negative) and its rate-limit headers.
+    """
     body, message, error_type, code, body_request_id = _parse_error_body(raw)
     if not message:
         message = f"HTTP {status}" if status is not None else "error event in the stream"
     cls = error_class_for(status, error_type, code, message)
+    retry_after = retry_after_seconds(headers)
     return cls(
         message,
         status=status,
@@ -151,6 +169,8 @@ def build_status_error(
         request_id=request_id_of(headers) or body_request_id,
         provider=provider,
         body=body,
+        retry_after=None if retry_after is None else max(0.0, retry_after),
+        rate_limit_headers=rate_limit_headers_of(headers),
     )
 
 

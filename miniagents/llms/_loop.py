@@ -13,8 +13,10 @@ import httpx
 
 from miniagents import InteractionContext, Message, MessagePromise, MessageWriter, MiniAgents, TextMessage
 from miniagents.llms._common import (
+    REASONING_ROLE,
     LLMOptions,
     ProviderSpec,
+    StreamDecoder,
     ToolCallRecord,
     parse_options,
     resolve_api_key,
@@ -26,6 +28,7 @@ from miniagents.llms._exceptions import (
     MalformedResponseError,
     OutputValidationError,
     ToolRoundsExceededError,
+    UsageLimitExceededError,
 )
 from miniagents.llms._http import (
     make_timeout,
@@ -39,6 +42,7 @@ from miniagents.llms._limiting import request_limits
 from miniagents.llms._output import OUTPUT_TOOL_NAME, OutputJudge, OutputSpec, output_spec
 from miniagents.llms._sse import SSEDecoder, SSELineTooLongError
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
+from miniagents.llms._usage import Usage, usage_fields
 from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
 
 __all__ = ["run_llm_agent"]
@@ -53,9 +57,22 @@ logger = logging.getLogger("miniagents.llms")
 
 
 class _Turn:
-    """The reply message of one model turn, opened (and replied) lazily."""
+    """The reply message of one model turn, opened (and replied) lazily.
 
-    def __init__(self, ctx: InteractionContext, known: Mapping[str, Any]) -> None:
+    With *reply_reasoning*, the model's reasoning streams into its own ``TextMessage(role="reasoning")``,
+    replied when the first reasoning token arrives and finished when the answer's first token does (or when
+    the turn ends), so it comes before the answer in the replies.  Reasoning that resumes after the answer
+    began (rare) opens another reasoning message.  *usage_before* is the call's usage before this turn.
+    """
+
+    def __init__(
+        self,
+        ctx: InteractionContext,
+        known: Mapping[str, Any],
+        *,
+        reply_reasoning: bool = False,
+        usage_before: Usage | None = None,
+    ) -> None:
         self.ctx = ctx
         self.known = dict(known)
         self.writer: MessageWriter | None = None
@@ -64,6 +81,11 @@ class _Turn:
         #: Judges the structured output of the turn before its message is finished (``output_type=``).
         self.judge: OutputJudge | None = None
         self._tokens: list[str] = []  # kept only for the judge
+        self.reply_reasoning = reply_reasoning
+        self.usage_before = usage_before if usage_before is not None else Usage()
+        self.reasoning_writer: MessageWriter | None = None
+        #: Every reasoning message of the turn: failed with the turn when it fails visibly.
+        self.reasoning_writers: list[MessageWriter] = []
 
     def send(self, token: str) -> None:
         """Stream one token of the turn's text."""
@@ -76,10 +98,36 @@ class _Turn:
         return "".join(self._tokens)
 
     def open(self) -> MessageWriter:
+        self.end_reasoning()
         if self.writer is None:
             promise, self.writer = MessagePromise.open(message_class=TextMessage, **self.known)
             self.ctx.reply(promise)
         return self.writer
+
+    def reason(self, token: str) -> None:
+        """Stream one reasoning token (dropped without ``reply_reasoning``: the field keeps the whole text)."""
+        if not self.reply_reasoning:
+            return
+        if self.reasoning_writer is None:
+            known = {**self.known, "role": REASONING_ROLE}
+            promise, self.reasoning_writer = MessagePromise.open(message_class=TextMessage, **known)
+            self.reasoning_writers.append(self.reasoning_writer)
+            self.ctx.reply(promise)
+        self.reasoning_writer.send(token)
+
+    def end_reasoning(self) -> None:
+        if self.reasoning_writer is not None:
+            self.reasoning_writer.finish()
+            self.reasoning_writer = None
+
+    @property
+    def visible(self) -> bool:
+        """Whether a message of this turn was replied (a failure then ends it instead of the call)."""
+        return self.writer is not None or bool(self.reasoning_writers)
+
+    def fail(self, error: LLMError) -> None:
+        for writer in [*self.reasoning_writers, *([self.writer] if self.writer is not None else [])]:
+            writer.fail(error)
 
 
 async def run_llm_agent(
@@ -104,14 +152,22 @@ async def run_llm_agent(
     api_key = resolve_api_key(opts, spec)
     base_url = resolve_base_url(opts, spec)
     conversation: list[Message] = list(await ctx.messages)
+    if opts.thinking is not None and spec.name != "anthropic":
+        raise LLMError(
+            f"agent {agent_name!r}: thinking= is an Anthropic option; for an OpenAI-compatible server pass "
+            "its own request field with extra_body= (its reasoning streams either way)",
+            provider=spec.name,
+        )
     rounds = 0
+    usage = Usage()
     while True:
         judge = output.judge() if output is not None else None
         message = await _model_turn(
-            ctx, spec, opts, tools, conversation, client, api_key, base_url, judge=judge
+            ctx, spec, opts, tools, conversation, client, api_key, base_url, judge=judge, usage_before=usage
         )
         if message is None:  # failed after its tokens became visible: consumers get the error there
             return
+        usage = Usage.of(message, total=True)
         calls = [
             ToolCallRecord(id=str(c["id"]), name=str(c["name"]), arguments=str(c["arguments"]))
             for c in message.get("tool_calls") or ()
@@ -129,6 +185,7 @@ async def run_llm_agent(
                     MiniAgents.current().persist(result)
             if judge.accepted:
                 return
+            _check_usage(opts, agent_name, spec.name, usage, message, "another structured answer")
             conversation.extend([message, *feedback])
             continue
         if not calls:
@@ -139,6 +196,7 @@ async def run_llm_agent(
                 provider=spec.name,
                 request_id=message.get("request_id"),
             )
+        _check_usage(opts, agent_name, spec.name, usage, message, f"{len(calls)} tool call(s), not run")
         rounds += 1
         results = await _run_tools(calls, tools_by_name, spec.name)
         for result in results:
@@ -147,6 +205,29 @@ async def run_llm_agent(
             else:
                 MiniAgents.current().persist(result)
         conversation.extend([message, *results])
+
+
+def _check_usage(
+    opts: LLMOptions, agent_name: str, provider: str, usage: Usage, message: Message, wanted: str
+) -> None:
+    """Raise :class:`UsageLimitExceededError` when the call's *usage* reached its ``usage_limit``."""
+    if opts.usage_limit is None:
+        return
+    reached = opts.usage_limit.reached(usage)
+    if reached is None:
+        return
+    name, used, limit = reached
+    raise UsageLimitExceededError(
+        f"agent {agent_name!r} reached its usage limit {name}={limit} ({name} so far: {used}, "
+        f"after {usage.requests} request(s), {usage.total_tokens} tokens) while the model asked "
+        f"for {wanted}; no further request was sent",
+        provider=provider,
+        request_id=message.get("request_id"),
+        agent=agent_name,
+        limit=opts.usage_limit,
+        usage=usage,
+        limit_name=name,
+    )
 
 
 async def _model_turn(
@@ -160,6 +241,7 @@ async def _model_turn(
     base_url: str,
     *,
     judge: OutputJudge | None = None,
+    usage_before: Usage | None = None,
 ) -> Message | None:
     """Stream one model response into a replied message; return it, or ``None`` if it failed visibly.
 
@@ -174,7 +256,12 @@ async def _model_turn(
         headers.update(opts.extra_headers)
     secrets = request_secrets(url, headers, api_key)
     timeout = make_timeout(client.timeout, connect=opts.connect_timeout, read=opts.read_timeout)
-    turn = _Turn(ctx, {"role": "assistant", "provider": spec.name, "model": opts.model})
+    turn = _Turn(
+        ctx,
+        {"role": "assistant", "provider": spec.name, "model": opts.model},
+        reply_reasoning=opts.reply_reasoning,
+        usage_before=usage_before,
+    )
     turn.judge = judge
     # OpenTelemetry: a no-op unless the call is traced; adds the traceparent header when it is.
     with chat_span(spec.name, opts, url, headers, conversation) as span:
@@ -194,10 +281,10 @@ async def _model_turn(
             # The one boundary every error of a model request crosses: a key the server echoed in its error
             # body is redacted here, before the error is raised, traced, stored or logged.
             error.redact(secrets)
-            if turn.writer is None:
+            if not turn.visible:
                 raise
             span.failed(error)
-            turn.writer.fail(error)
+            turn.fail(error)
             return None
         span.finished(turn.message)
     return turn.message
@@ -238,6 +325,7 @@ async def _stream(
         if request_id:
             turn.known["request_id"] = request_id
         decoder = spec.decoder(opts, request_id)
+        take_reasoning = _reasoning_source(decoder)
         sse = SSEDecoder()
         # Without a content-type the body is parsed as SSE, but one that is plainly something else (an HTML
         # page, JSON) or that never produces an event is reported as malformed, not as a cut-off stream.
@@ -249,10 +337,9 @@ async def _stream(
                 if sniff is not None:
                     sniff.feed(chunk, spec.name)
                 for event in sse.feed(chunk):
-                    if sniff is not None:
-                        sniff = None
-                    for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.send(token)
+                    sniff = None
+                    tokens = _decode(spec.name, request_id, decoder.feed, event)
+                    _emit(turn, tokens, take_reasoning)
                     if decoder.finished:
                         break
                 if decoder.finished:
@@ -260,8 +347,7 @@ async def _stream(
             else:
                 for event in sse.close():
                     sniff = None
-                    for token in _decode(spec.name, request_id, decoder.feed, event):
-                        turn.send(token)
+                    _emit(turn, _decode(spec.name, request_id, decoder.feed, event), take_reasoning)
         except httpx.HTTPError as exc:  # transport errors, timeouts, undecodable content-encoding
             failure = transport_error(
                 exc, provider=spec.name, streaming=True, request_id=request_id, secrets=secrets
@@ -275,6 +361,7 @@ async def _stream(
         if sniff is not None and not decoder.finished:
             raise sniff.no_events(spec.name)
         fields, calls = _decode(spec.name, request_id, decoder.result)
+        fields.update(usage_fields(fields.get("usage"), spec.name, turn.usage_before))
         # The message is finished before the rest of the body is drained: consumers never wait for that.
         message = turn.message = _finish_turn(turn, fields, calls, opts, spec.name)
         if limits is not None:
@@ -328,6 +415,7 @@ def _finish_turn(
     turn: _Turn, fields: dict[str, Any], calls: list[ToolCallRecord], opts: LLMOptions, provider: str
 ) -> Message:
     """Resolve the turn's message with its final fields (tool calls of a cut-off turn kept apart)."""
+    turn.end_reasoning()
     incomplete = fields.get("finish_reason") in _CUT_OFF_REASONS
     if calls and incomplete:
         # The token limit cut the turn while the model was writing tool calls: their arguments may be
@@ -354,6 +442,21 @@ def _finish_turn(
 
 
 _T = TypeVar("_T")
+
+
+def _reasoning_source(decoder: StreamDecoder) -> Callable[[], list[str]] | None:
+    """The decoder's ``take_reasoning`` (see :class:`~miniagents.llms._common.ReasoningDecoder`), if it has one."""
+    take = getattr(decoder, "take_reasoning", None)
+    return take if callable(take) else None
+
+
+def _emit(turn: _Turn, tokens: list[str], take_reasoning: Callable[[], list[str]] | None) -> None:
+    """Stream one event's tokens: its reasoning first, then its text."""
+    if take_reasoning is not None:
+        for token in take_reasoning():
+            turn.reason(token)
+    for token in tokens:
+        turn.send(token)
 
 
 def _decode(provider: str, request_id: str | None, step: Callable[..., _T], *args: Any) -> _T:

@@ -10,6 +10,7 @@ from miniagents.llms._common import (
     LLMOptions,
     ToolCallRecord,
     endpoint_url,
+    is_reasoning_message,
     message_role,
     thaw,
     tool_calls_of,
@@ -53,11 +54,16 @@ def openai_messages(
             or a ``parts`` item of the wrong type; the message names the agent alias *agent*, the input
             message and the part.  Nothing was sent.
 
+    Reasoning is never sent back: streamed reasoning messages (``role="reasoning"``) are left out and an
+    assistant message's ``reasoning`` field is not mapped (Chat Completions has no field for it, and
+    DeepSeek rejects a ``reasoning_content`` in the input).
     """
     messages: list[dict[str, Any]] = []
     if options.system:
         messages.append({"role": "system", "content": options.system})
     for position, message in enumerate(history):
+        if is_reasoning_message(message):
+            continue
         role = message_role(message)
         content = str(message)
         parts = checked_parts(
@@ -217,7 +223,9 @@ class OpenAIDecoder:
     Text comes from ``delta.content`` (choice 0).  Tool-call fragments are assembled per ``index``: ``id`` and
     ``name`` are set once (servers that repeat them in every fragment are handled), ``arguments`` are
     concatenated.  The stream is complete only after a ``finish_reason`` and ``[DONE]``; an ``{"error": ...}``
-    event raises the typed error at once.
+    event raises the typed error at once.  Reasoning comes from ``delta.reasoning_content`` (DeepSeek, vLLM
+    before 0.9, llama.cpp) or, when that is absent, ``delta.reasoning`` (newer vLLM, Ollama, OpenRouter):
+    servers that send both with the same text are read once.
     """
 
     def __init__(self, *, model: str, request_id: str | None) -> None:
@@ -225,6 +233,8 @@ class OpenAIDecoder:
         self._request_id = request_id
         self._calls: dict[int, _PartialCall] = {}
         self._refusal: list[str] = []
+        self._reasoning: list[str] = []
+        self._reasoning_taken = 0
         self._finish_reason: str | None = None
         self._done = False
 
@@ -271,6 +281,11 @@ class OpenAIDecoder:
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict):
                 raise self._malformed(f"delta is not an object: {delta!r:.200}")
+            reasoning = delta.get("reasoning_content")
+            if not isinstance(reasoning, str) or not reasoning:
+                reasoning = delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._reasoning.append(reasoning)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 tokens.append(content)
@@ -286,6 +301,12 @@ class OpenAIDecoder:
             if isinstance(finish_reason, str) and finish_reason:
                 self._finish_reason = finish_reason
         return tokens
+
+    def take_reasoning(self) -> list[str]:
+        """Return the reasoning tokens decoded since the last call (see :class:`ReasoningDecoder`)."""
+        fresh = self._reasoning[self._reasoning_taken :]
+        self._reasoning_taken = len(self._reasoning)
+        return fresh
 
     def _malformed(self, detail: str) -> MalformedResponseError:
         return MalformedResponseError(
@@ -323,6 +344,8 @@ class OpenAIDecoder:
         fields["finish_reason"] = self._finish_reason
         if self._refusal:
             fields["refusal"] = "".join(self._refusal)
+        if self._reasoning:
+            fields["reasoning"] = "".join(self._reasoning)
         calls = [
             ToolCallRecord(id=c.id or f"call_{i}", name=c.name, arguments="".join(c.arguments) or "{}")
             for i, c in sorted(self._calls.items())

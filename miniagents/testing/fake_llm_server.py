@@ -17,15 +17,19 @@ Scripted responses are :class:`ScriptedResponse` objects; the builders :func:`op
 :func:`responses_stream` (the OpenAI Responses API, reasoning summaries included), :func:`anthropic_stream`,
 :func:`openai_error` (also the Responses API's HTTP errors), :func:`anthropic_error` and :func:`raw_response`
 produce the byte-exact event sequences of the real APIs: text, tool calls (single, parallel, interleaved,
-fragmented arguments, repeated ids as some compatible servers send them), usage, pings, unknown events, mid-stream
-errors, truncation (clean end without the terminal events, or an aborted connection), error statuses with
+fragmented arguments, repeated ids as some compatible servers send them), reasoning (``reasoning_content`` /
+``reasoning`` deltas; Anthropic thinking blocks with their ``signature_delta``, ``redacted_thinking`` blocks,
+interleaved thinking), usage (cached and reasoning token details), pings, unknown events, mid-stream errors,
+truncation (clean end without the terminal events, or an aborted connection), error statuses with
 ``retry-after`` / ``retry-after-ms`` / ``x-should-retry`` headers, slow streams (:class:`Pause`) and streams
 that stop and wait for the client to give up (:class:`Hang`).
 
 Each request is answered by the first queued response whose ``path`` matches (see :meth:`FakeLLMServer.enqueue`),
 else by :attr:`FakeLLMServer.handler`, else with a 500 error.  With ``validate=True`` (the default) the server
 checks requests the way the real APIs do (authentication header, required fields, roles, the Anthropic
-alternation and tool-result pairing, the Responses API's function-call / output pairing) and answers a violation with the provider's 400/401 error.  Every request is
+alternation and tool-result pairing, the Responses API's function-call / output pairing, the extended-thinking
+budget and the thinking block a continued tool loop must send back) and answers a violation with the
+provider's 400/401 error.  Every request is
 recorded as a :class:`RecordedRequest`, including whether the client disconnected before the response was
 complete (:meth:`RecordedRequest.wait_disconnected`).
 """
@@ -256,6 +260,10 @@ def openai_stream(
     repeat_tool_call_ids: bool = False,
     interleave_tool_calls: bool = False,
     refusal: str | None = None,
+    reasoning: str | Sequence[str] = (),
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = "reasoning_content",
+    deltas: Sequence[tuple[Literal["reasoning", "content"], str]] | None = None,
+    cached_tokens: int | None = None,
     error: Mapping[str, Any] | None = None,
     truncate: bool = False,
     abort: bool = False,
@@ -282,6 +290,15 @@ def openai_stream(
         repeat_tool_call_ids: repeat ``id``/``type``/``name`` in every fragment (llama-cpp-python does).
         interleave_tool_calls: send the fragments of parallel calls round-robin instead of one call after another.
         refusal: a refusal text streamed in ``delta.refusal``.
+        reasoning: reasoning tokens streamed before the text, one chunk each, in ``delta.reasoning_content``
+            (DeepSeek, llama.cpp, vLLM before 0.9) or ``delta.reasoning`` (newer vLLM, Ollama, OpenRouter),
+            per *reasoning_field*; ``"both"`` sends the same text in both fields, as vLLM does for
+            compatibility.  The ``"auto"`` usage then counts them in ``completion_tokens`` and reports them in
+            ``completion_tokens_details.reasoning_tokens``.
+        reasoning_field: see *reasoning*.
+        deltas: instead of *text* and *reasoning*: the exact sequence of ``("reasoning" | "content", piece)``
+            deltas, one chunk each (reasoning and text interleaved as a server may send them).
+        cached_tokens: report ``prompt_tokens_details.cached_tokens`` in the ``"auto"`` usage.
         error: a mid-stream ``{"error": {...}}`` event sent after the tokens; the stream then ends without
             finish reason or ``[DONE]``.
         truncate: end the HTTP body cleanly but without the finish chunk, usage and ``[DONE]``.
@@ -298,6 +315,17 @@ def openai_stream(
 
     """
     tokens = _as_tokens(text)
+    reasoning_tokens = _as_tokens(reasoning)
+    plan: list[tuple[str, str]]
+    if deltas is None:
+        plan = [("reasoning", piece) for piece in reasoning_tokens] + [("content", t) for t in tokens]
+    elif tokens or reasoning_tokens:
+        raise ValueError("openai_stream: give deltas= or text/reasoning, not both")
+    else:
+        plan = list(deltas)
+        tokens = [piece for kind, piece in plan if kind == "content"]
+        reasoning_tokens = [piece for kind, piece in plan if kind == "reasoning"]
+    reasoning_keys = ("reasoning_content", "reasoning") if reasoning_field == "both" else (reasoning_field,)
     created = 1_700_000_000
 
     def chunk(delta: Mapping[str, Any], finish: str | None = None) -> SSE:
@@ -316,7 +344,11 @@ def openai_stream(
     events: list[Step] = [chunk({"role": "assistant", "content": "", "refusal": None})]
     if comments:
         events.append(Raw(f": keep-alive{newline}{newline}".encode()))
-    events.extend(chunk({"content": token}) for token in tokens)
+    for kind, piece in plan:
+        if kind == "content":
+            events.append(chunk({"content": piece}))
+        else:
+            events.append(chunk(dict.fromkeys(reasoning_keys, piece)))
     if refusal is not None:
         events.append(chunk({"refusal": refusal}))
     ids = [call.id or f"call_fake_{i}" for i, call in enumerate(tool_calls)]
@@ -345,12 +377,21 @@ def openai_stream(
     elif not truncate and not abort:
         events.append(chunk({}, finish_reason or ("tool_calls" if tool_calls else "stop")))
         if usage == "auto":
-            completion_tokens = len(tokens) + sum(len(c.pieces()) for c in tool_calls)
+            completion_tokens = len(tokens) + len(reasoning_tokens) + sum(len(c.pieces()) for c in tool_calls)
             usage = {
                 "prompt_tokens": 11,
                 "completion_tokens": completion_tokens,
                 "total_tokens": 11 + completion_tokens,
             }
+            if cached_tokens is not None:
+                usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens, "audio_tokens": 0}
+            if reasoning_tokens:
+                usage["completion_tokens_details"] = {
+                    "reasoning_tokens": len(reasoning_tokens),
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                }
         if usage is not None:
             events.append(
                 SSE(
@@ -720,6 +761,9 @@ def anthropic_stream(
     *,
     tool_uses: Sequence[ToolCall] = (),
     thinking: Sequence[str] = (),
+    signature: str = "sig_fake",
+    redacted_thinking: Sequence[str] = (),
+    blocks: Sequence[tuple[Literal["thinking", "redacted_thinking", "text"], Any]] | None = None,
     stop_reason: str | None = None,
     stop_sequence: str | None = None,
     model: str = "fake-claude",
@@ -727,6 +771,8 @@ def anthropic_stream(
     request_id: str | None = "req_fake_anthropic",
     input_tokens: int = 11,
     output_tokens: int | None = None,
+    cache_read_input_tokens: int = 0,
+    cache_creation_input_tokens: int = 0,
     pings: bool = True,
     unknown_events: bool = False,
     empty_first_json_fragment: bool = True,
@@ -746,13 +792,23 @@ def anthropic_stream(
     Args:
         text: the text tokens (a ``str`` is one token), one ``text_delta`` each, in content block 0.
         tool_uses: ``tool_use`` blocks after the text, their input streamed as ``input_json_delta`` fragments.
-        thinking: ``thinking_delta`` pieces of a thinking block sent first (with a ``signature_delta``).
+        thinking: ``thinking_delta`` pieces of a thinking block sent first (``content_block_start`` with empty
+            ``thinking`` and ``signature``, the deltas, then one ``signature_delta``), as extended thinking
+            streams it.
+        signature: the signature of the thinking blocks.
+        redacted_thinking: the ``data`` of ``redacted_thinking`` blocks sent after the thinking block (whole
+            in ``content_block_start``, no deltas).
+        blocks: instead of *text*, *thinking* and *redacted_thinking*: the content blocks in order, each
+            ``("thinking", pieces)``, ``("redacted_thinking", data)`` or ``("text", tokens)`` (interleaved
+            thinking); *tool_uses* still follow.
         stop_reason: default ``"tool_use"`` when there are tool uses, else ``"end_turn"``.
         stop_sequence: the ``stop_sequence`` of ``message_delta``.
         model: the model in ``message_start``.
         message_id: the message id in ``message_start``.
         request_id: the ``request-id`` response header.
-        input_tokens: usage reported in ``message_start``.
+        input_tokens: usage reported in ``message_start`` (the tokens not read from or written to the cache).
+        cache_read_input_tokens: ``cache_read_input_tokens`` of that usage.
+        cache_creation_input_tokens: ``cache_creation_input_tokens`` of that usage.
         output_tokens: the cumulative usage in ``message_delta`` (default: the number of deltas).
         pings: send ``ping`` events (after ``message_start`` and between blocks).
         unknown_events: add events of a type the client must ignore.
@@ -790,8 +846,8 @@ def anthropic_stream(
                     "usage": {
                         "input_tokens": input_tokens,
                         "output_tokens": 1,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
+                        "cache_creation_input_tokens": cache_creation_input_tokens,
+                        "cache_read_input_tokens": cache_read_input_tokens,
                     },
                 }
             },
@@ -803,30 +859,59 @@ def anthropic_stream(
         events.append(ev("future_event_type", {"detail": {"x": 1}}))
     index = 0
     deltas = 0
-    if thinking:
-        events.append(
-            ev(
-                "content_block_start",
-                {"index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+    if blocks is not None and (tokens or thinking or redacted_thinking):
+        raise ValueError("anthropic_stream: give blocks= or text/thinking/redacted_thinking, not both")
+    plan: list[tuple[str, Any]] = list(blocks) if blocks is not None else []
+    if blocks is None:
+        plan = ([("thinking", thinking)] if thinking else []) + [
+            ("redacted_thinking", d) for d in redacted_thinking
+        ]
+    for kind, payload in plan:
+        if kind == "thinking":
+            events.append(
+                ev(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+                )
             )
-        )
-        for piece in thinking:
+            for piece in _as_tokens(payload):
+                events.append(
+                    ev(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "thinking_delta", "thinking": piece}},
+                    )
+                )
+                deltas += 1
             events.append(
                 ev(
                     "content_block_delta",
-                    {"index": index, "delta": {"type": "thinking_delta", "thinking": piece}},
+                    {"index": index, "delta": {"type": "signature_delta", "signature": signature}},
                 )
             )
-            deltas += 1
-        events.append(
-            ev(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "signature_delta", "signature": "sig_fake"}},
+        elif kind == "redacted_thinking":
+            events.append(
+                ev(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "redacted_thinking", "data": str(payload)}},
+                )
             )
-        )
+        elif kind == "text":
+            events.append(
+                ev("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+            )
+            for token in _as_tokens(payload):
+                events.append(
+                    ev(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "text_delta", "text": token}},
+                    )
+                )
+                deltas += 1
+        else:
+            raise ValueError(f"anthropic_stream: unknown block kind {kind!r}")
         events.append(ev("content_block_stop", {"index": index}))
         index += 1
-    if tokens or not tool_uses:
+    if tokens or (not tool_uses and blocks is None):
         events.append(
             ev("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
         )
@@ -1689,6 +1774,8 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
                 if role != "user":
                     return f"messages.{n}: {kind} blocks are only allowed in user messages"
                 problem = _validate_anthropic_source(f"messages.{n}.content", kind, block.get("source"))
+            elif kind in ("thinking", "redacted_thinking"):
+                problem = _thinking_block_problem(n, role, block)
                 if problem is not None:
                     return problem
         if role == "user" and pending_ids:
@@ -1716,6 +1803,53 @@ def _validate_anthropic(body: Mapping[str, Any]) -> str | None:
             or not isinstance(output_format.get("schema"), dict)
         ):
             return "output_config.format: expected {'type': 'json_schema', 'schema': {...}}"
+    return _validate_anthropic_thinking(body, messages)
+
+
+def _thinking_block_problem(n: int, role: str, block: Mapping[str, Any]) -> str | None:
+    kind = block["type"]
+    if role != "assistant":
+        return f"messages.{n}: {kind} blocks are only allowed in assistant messages"
+    if kind == "thinking":
+        if not isinstance(block.get("thinking"), str):
+            return f"messages.{n}.content: thinking.thinking: Field required"
+        if not isinstance(block.get("signature"), str) or not block["signature"]:
+            return f"messages.{n}.content: thinking.signature: Field required"
+    elif not isinstance(block.get("data"), str) or not block["data"]:
+        return f"messages.{n}.content: redacted_thinking.data: Field required"
+    return None
+
+
+def _validate_anthropic_thinking(body: Mapping[str, Any], messages: list[Any]) -> str | None:
+    """Check what extended thinking requires.
+
+    A budget of 1024+ below ``max_tokens``, and a continued tool loop's assistant turn starting with its
+    thinking block (sent back verbatim).
+    """
+    thinking = body.get("thinking")
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        return "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'"
+    if thinking["type"] == "disabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= body["max_tokens"]:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    last = messages[-1]
+    last_blocks = last.get("content") if isinstance(last.get("content"), list) else []
+    continues_tools = last.get("role") == "user" and any(b.get("type") == "tool_result" for b in last_blocks)
+    if continues_tools and len(messages) >= 2:
+        assistant = messages[-2].get("content")
+        first = assistant[0].get("type") if isinstance(assistant, list) and assistant else "text"
+        if first not in ("thinking", "redacted_thinking"):
+            return (
+                f"messages.{len(messages) - 2}.content.0.type: expected `thinking` or `redacted_thinking`, "
+                f"found `{first}`: with thinking enabled, the assistant turn whose tool calls the last tool "
+                "results answer must start with its thinking block, sent back unchanged"
+            )
     return None
 
 
