@@ -168,7 +168,8 @@ _OPTIONS_DOC = """
 
 
 async def _openai(ctx: InteractionContext, **options: Any) -> None:
-    spec = ResponsesSpec() if options.get("api") == "responses" else OpenAISpec(agent=ctx.agent.alias)
+    alias = ctx.agent.alias
+    spec = ResponsesSpec(agent=alias) if options.get("api") == "responses" else OpenAISpec(agent=alias)
     await run_llm_agent(ctx, spec, ctx.agent.alias, options)
 
 

@@ -16,6 +16,7 @@ from miniagents.llms._common import (
     LLMOptions,
     ToolCallRecord,
     endpoint_url,
+    is_reasoning_message,
     message_role,
     thaw,
     tool_calls_of,
@@ -26,6 +27,8 @@ from miniagents.llms._exceptions import (
     TruncatedStreamError,
     error_class_for,
 )
+from miniagents.llms._openai import openai_content_part
+from miniagents.llms._parts import checked_parts
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
 
@@ -33,6 +36,7 @@ __all__ = ["ResponsesDecoder", "ResponsesSpec", "responses_input"]
 
 _NOT_JSON: Any = object()
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
+_NOT_USER_ROLES = frozenset({"assistant", "tool"}) | _INSTRUCTION_ROLES
 #: ``incomplete_details.reason`` of an incomplete response → the ``finish_reason`` the other adapters report.
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 #: The terminal events that end a response normally.
@@ -73,7 +77,18 @@ def _reasoning_inputs(message: Any) -> list[dict[str, Any]]:
     return items
 
 
-def responses_input(history: Sequence[Any]) -> list[dict[str, Any]]:
+def _input_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions content part as the Responses API's input content part."""
+    if part["type"] == "image_url":
+        image: dict[str, Any] = {"type": "input_image", "image_url": part["image_url"]["url"]}
+        image["detail"] = part["image_url"].get("detail", "auto")
+        return image
+    if part["type"] == "file":
+        return {"type": "input_file", **part["file"]}
+    return {"type": "input_text", "text": part["text"]}
+
+
+def responses_input(history: Sequence[Any], agent: str = "openai_agent") -> list[dict[str, Any]]:
     """Map conversation messages to the ``input`` items of a Responses request.
 
     User messages (and any message without a known role) become ``user`` message items, ``system`` /
@@ -81,12 +96,37 @@ def responses_input(history: Sequence[Any]) -> list[dict[str, Any]]:
     those with ``encrypted_content``, see above), an ``assistant`` message item with its text (left out when the
     text is empty: a turn that only called tools) and one ``function_call`` item per tool call (``call_id``,
     ``name``, ``arguments``; no item ids, which would refer to stored items); a tool result (``role="tool"``)
-    becomes a ``function_call_output`` item with the same ``call_id``.
+    becomes a ``function_call_output`` item with the same ``call_id``.  A user message with ``parts`` sends a
+    content list (``input_text``, ``input_image``, ``input_file``); streamed reasoning messages
+    (``role="reasoning"``) are left out.
+
+    Raises:
+        LLMError: a part the API cannot take here (a document by URL), or parts on a turn that is not a user
+            turn, naming the agent alias *agent* and the input message.  Nothing was sent.
+
     """
     items: list[dict[str, Any]] = []
-    for message in history:
+    for position, message in enumerate(history):
+        if is_reasoning_message(message):
+            continue  # streamed reasoning (reply_reasoning=True): the reasoning items carry it
         role = message_role(message)
         content = str(message)
+        parts = checked_parts(
+            message,
+            "user" if role not in _NOT_USER_ROLES else role,
+            agent=agent,
+            provider="openai",
+            position=position,
+        )
+        if parts:
+            # checked_parts() refused parts on any turn but a user turn: this is one.
+            content_items: list[dict[str, Any]] = [{"type": "input_text", "text": content}] if content else []
+            content_items.extend(
+                _input_part(openai_content_part(part, agent, position, index))
+                for index, part in enumerate(parts)
+            )
+            items.append({"type": "message", "role": "user", "content": content_items})
+            continue
         if role == "assistant":
             items.extend(_reasoning_inputs(message))
             if content:
@@ -118,6 +158,9 @@ class ResponsesSpec:
     base_url_env = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
 
+    def __init__(self, *, agent: str = "openai_agent") -> None:
+        self.agent = agent
+
     def request(
         self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -128,7 +171,11 @@ class ResponsesSpec:
         otherwise apply its own default).  ``extra_body`` fields (``reasoning``, ``include``, ``store`` ...)
         override the generated ones.
         """
-        body: dict[str, Any] = {"model": options.model, "input": responses_input(history), "stream": True}
+        body: dict[str, Any] = {
+            "model": options.model,
+            "input": responses_input(history, self.agent),
+            "stream": True,
+        }
         if options.system:
             body["instructions"] = options.system
         if options.temperature is not None:
@@ -239,11 +286,24 @@ class ResponsesDecoder:
         self._refusal: list[str] = []
         self._finish_reason: str | None = None
         self._done = False
+        self._reasoning: list[str] = []  # the summary deltas as reasoning tokens (parts joined by "\n\n")
+        self._reasoning_taken = 0
+        self._reasoning_part: tuple[int, int] | None = None
 
     @property
     def finished(self) -> bool:
         """Whether ``response.completed`` / ``response.incomplete`` arrived."""
         return self._done
+
+    def take_reasoning(self) -> list[str]:
+        """The reasoning-summary tokens decoded since the last call (see ``ReasoningDecoder``).
+
+        A new summary part (or a part of another reasoning item) starts with a blank-line token, so that the
+        tokens joined are the message's ``reasoning`` field.
+        """
+        fresh = self._reasoning[self._reasoning_taken :]
+        self._reasoning_taken = len(self._reasoning)
+        return fresh
 
     def feed(self, event: ServerSentEvent) -> list[str]:
         """Consume one event; return its text tokens."""
@@ -298,9 +358,14 @@ class ResponsesDecoder:
         elif kind == "response.reasoning_summary_text.delta":
             target = self._target(payload)
             if target is not None:
-                target.summary.setdefault(self._summary_index(payload), []).append(
-                    self._text(payload, "delta")
-                )
+                index = self._summary_index(payload)
+                delta = self._text(payload, "delta")
+                target.summary.setdefault(index, []).append(delta)
+                part = (self._index(payload), index)
+                if self._reasoning_part is not None and part != self._reasoning_part:
+                    self._reasoning.append("\n\n")
+                self._reasoning_part = part
+                self._reasoning.append(delta)
         elif kind == "response.reasoning_summary_text.done":
             target = self._target(payload)
             if target is not None and isinstance(payload.get("text"), str):

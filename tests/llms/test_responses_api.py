@@ -727,3 +727,91 @@ async def test_a_cassette_records_and_replays_responses_calls_offline(tmp_path: 
         replayed = await run("http://127.0.0.1:9/v1")  # nothing listens there: only the cassette can answer
     assert replayed == live
     assert (cassette.statistics().replayed, cassette.statistics().unmatched) == (2, 0)
+
+
+# -- working with the other LLM options -----------------------------------------------------------------------------
+async def test_reply_reasoning_streams_the_summary_as_its_own_message_before_the_answer(
+    server: FakeLLMServer,
+) -> None:
+    server.enqueue(
+        responses_stream(["Cold."], reasoning=[["The user ", "wants weather."], "Answer briefly."])
+    )
+    async with MiniAgents():
+        replies = openai_agent.inquire("Weather?", **opts(server, reply_reasoning=True))
+        streams = []
+        async for promise in replies.promises():
+            streams.append([t async for t in promise])
+        messages = await replies
+    assert [m.get("role") for m in messages] == ["reasoning", "assistant"]
+    assert streams[0] == ["The user ", "wants weather.", "\n\n", "Answer briefly."]
+    assert "".join(streams[0]) == messages[1].get("reasoning")
+    assert streams[1] == ["Cold."]
+
+
+async def test_reasoning_messages_in_the_history_are_not_sent_as_user_turns(server: FakeLLMServer) -> None:
+    server.enqueue(responses_stream(["ok"]))
+    history = [
+        TextMessage("Weather?"),
+        TextMessage("thinking about it", role="reasoning"),
+        TextMessage("Cold.", role="assistant"),
+        TextMessage("Thanks"),
+    ]
+    async with MiniAgents():
+        await openai_agent.inquire(history, **opts(server))
+    assert server.requests[0].json["input"] == [
+        {"type": "message", "role": "user", "content": "Weather?"},
+        {"type": "message", "role": "assistant", "content": "Cold."},
+        {"type": "message", "role": "user", "content": "Thanks"},
+    ]
+
+
+async def test_image_and_document_parts_become_responses_input_content(server: FakeLLMServer) -> None:
+    from miniagents.llms import DocumentPart, ImagePart, user_message
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(8)
+    server.enqueue(responses_stream(["A chart."]))
+    question = user_message(
+        "What is this?",
+        ImagePart(url="https://example.com/chart.png", detail="high"),
+        ImagePart(data=png),
+        DocumentPart(data=b"%PDF-1.7\n", filename="report.pdf"),
+    )
+    async with MiniAgents():
+        await openai_agent.inquire(question, **opts(server))
+    (request,) = server.requests
+    assert request.validation_error is None
+    assert request.json["input"] == [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "What is this?"},
+                {"type": "input_image", "image_url": "https://example.com/chart.png", "detail": "high"},
+                {
+                    "type": "input_image",
+                    "image_url": "data:image/png;base64,iVBORw0KGgoAAAAAAAAAAA==",
+                    "detail": "auto",
+                },
+                {
+                    "type": "input_file",
+                    "filename": "report.pdf",
+                    "file_data": "data:application/pdf;base64,JVBERi0xLjcK",
+                },
+            ],
+        }
+    ]
+
+
+async def test_a_document_by_url_is_refused_before_anything_is_sent(server: FakeLLMServer) -> None:
+    from miniagents.llms import DocumentPart, LLMError, user_message
+
+    async with MiniAgents():
+        reader = openai_agent.fork(alias="reader")
+        error = await failure_of(
+            reader.inquire(
+                user_message("Read", DocumentPart(url="https://example.com/a.pdf")), **opts(server)
+            )
+        )
+    assert isinstance(error, LLMError)
+    assert "reader" in str(error) and "parts[0]" in str(error)
+    assert server.requests == []
