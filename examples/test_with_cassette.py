@@ -8,7 +8,7 @@ Commit the cassette and CI runs the test offline::
     MINIAGENTS_CASSETTE_MODE=record OPENAI_API_KEY=sk-... EXAMPLE_MODEL=gpt-4o-mini \\
         pytest examples/test_with_cassette.py                      # re-records against OpenAI
 
-The committed cassette was recorded against the embedded local model (Gemma 3 270M under llama-cpp-python, an
+The committed cassette was recorded against the embedded local model (Gemma 3 270M, then under llama-cpp-python, an
 OpenAI-compatible server: ``OPENAI_BASE_URL=<its url>``), which is why its answers are not very clever.  The
 assertions are about the graph: what reaches the model and what comes back, not the model's wording.
 """
@@ -31,7 +31,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 # --- the application under test: a writer drafts, an editor shortens the draft ---------------------------------
-# (extra_body: llama-cpp-python knows only the older `max_tokens` field, not `max_completion_tokens`)
+# (extra_body: the server it was recorded with, llama-cpp-python, knew only the older `max_tokens` field; replay
+# matches request bodies, so it stays)
 writer = openai_agent.fork(
     alias="writer",
     model=MODEL,

@@ -88,7 +88,10 @@ async def file_search(ctx: InteractionContext, text: str, root: str) -> None:
 async def ask(assistant: MiniAgent, question: str, tool: str, local: bool) -> list[str]:
     """Ask one question; return the transcript lines (printed together, as the two questions run at once)."""
     lines = [f"Q: {question}"]
-    options = {"tool_choice": tool, "max_tool_rounds": 1} if local else {"tool_choice": "auto"}
+    # temperature 0 for the local model: sampled freely, it may write an argument string longer than the token limit
+    options = (
+        {"tool_choice": tool, "max_tool_rounds": 1, "temperature": 0} if local else {"tool_choice": "auto"}
+    )
     try:
         async for message in assistant.inquire(question, **options):
             if message.get("tool_calls"):

@@ -1,7 +1,7 @@
 """Run every example as a program, non-interactively, and check it exits 0 and does what it promises.
 
-The LLM examples run against the embedded local model (``--provider local``): a real server, built and cached
-on first use (minutes), started per example (about a second).  The model's text is not coherent, so the
+The LLM examples run against the embedded local model (``--provider local``): a real server (llama.cpp's, from
+the prebuilt ``xllamacpp`` wheel of the ``local`` extra), started per example (about a second).  The model's text is not coherent, so the
 checks are about mechanics: files written, messages persisted, tool calls made, diffs refused.  Set
 ``MINIAGENTS_SKIP_REAL_LLM=1`` to skip them.  ``nox -s examples`` runs this file.
 """
@@ -26,7 +26,7 @@ needs_local_model = pytest.mark.skipif(
     os.environ.get("MINIAGENTS_SKIP_REAL_LLM") == "1",
     reason="MINIAGENTS_SKIP_REAL_LLM=1: the local model server is not started",
 )
-LOCAL = ["--provider", "local", "--max-tokens", "24"]  # short answers: ~35 tokens/s on 2 cores
+LOCAL = ["--provider", "local", "--max-tokens", "24"]  # short answers: ~40-80 tokens/s on 2 cores
 
 
 def run_example(name: str, *args: str, cwd: Path, stdin: str = "", timeout: float = 300) -> str:

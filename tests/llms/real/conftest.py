@@ -1,8 +1,10 @@
-"""The real-model lane: tests against real local model servers (Gemma 3 270M under llama.cpp on 127.0.0.1).
+"""The real-model lane: tests against the real local model server (Gemma 3 270M under llama.cpp on 127.0.0.1).
 
-Every test here is marked ``real_llm`` and skipped when ``MINIAGENTS_SKIP_REAL_LLM=1``.  The servers are
-module-scoped (started once per module and backend, built and cached on first use): ``anyio_backend`` is
-module-scoped here, so each module runs all its tests on trio, then on asyncio.
+The server is llama.cpp's own, from the prebuilt ``xllamacpp`` wheel (the ``local`` extra; nothing is built),
+and one server speaks both OpenAI ``/v1/chat/completions`` and Anthropic ``/v1/messages``.  Every test here is
+marked ``real_llm`` and skipped when ``MINIAGENTS_SKIP_REAL_LLM=1``.  The server is module-scoped (started once
+per module and backend, about a second): ``anyio_backend`` is module-scoped here, so each module runs all its
+tests on trio, then on asyncio.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import pytest
 
 from miniagents.llms._local_server import LocalLLMServer
 
-API_KEY = "test-key-not-secret"  # the key llama_server is started with
+API_KEY = "test-key-not-secret"  # the key the local_llm server is started with
 _SKIP = pytest.mark.skipif(
     os.environ.get("MINIAGENTS_SKIP_REAL_LLM") == "1",
-    reason="MINIAGENTS_SKIP_REAL_LLM=1: real local LLM servers are not started",
+    reason="MINIAGENTS_SKIP_REAL_LLM=1: the real local LLM server is not started",
 )
 _HERE = Path(__file__).parent
 
@@ -37,18 +39,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-async def llama_cpp_python(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="gemma") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def llama_cpp_python_tools(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-cpp-python", chat_format="chatml-function-calling") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def llama_server(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
-    async with LocalLLMServer("llama-server", api_key=API_KEY) as server:
+async def local_llm(anyio_backend: str) -> AsyncIterator[LocalLLMServer]:
+    """The real server, requiring :data:`API_KEY` on both protocols."""
+    async with LocalLLMServer(api_key=API_KEY) as server:
         yield server

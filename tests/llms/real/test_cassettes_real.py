@@ -1,7 +1,7 @@
 """Record LLM exchanges against the real local model servers, then replay them offline: nothing differs.
 
-Each test records a short exchange with a ``Cassette(mode="record")`` against a real server (llama-cpp-python's
-OpenAI-compatible chat, with and without tool calls; llama.cpp's ``llama-server`` Anthropic ``/v1/messages``),
+Each test records a short exchange with a ``Cassette(mode="record")`` against the real server (llama.cpp's, from
+the ``xllamacpp`` wheel: OpenAI chat completions with and without tool calls, and Anthropic ``/v1/messages``),
 keeping every token as it streamed and every resolved message, then replays the cassette with the agent's
 ``base_url`` pointing at a closed port on 127.0.0.1, so that any request escaping the cassette fails.  The replay
 must give the same tokens, the same messages (all of ``to_dict()``: content, tool calls, usage, finish reason,
@@ -22,9 +22,7 @@ from miniagents.llms import ToolRoundsExceededError, anthropic_agent, openai_age
 from miniagents.llms._local_server import LocalLLMServer
 from miniagents.testing import Cassette
 
-API_KEY = "test-key-not-secret"  # as started by conftest.llama_server
-# llama-cpp-python accepts any key: this one must not be stored either
-OPENAI_SENTINEL = "sk-SENTINEL-real-0123456789abcdef"
+API_KEY = "test-key-not-secret"  # as started by conftest.local_llm
 MAX_TOKENS = 16
 
 # What a test recorded on the previous backend: test name -> (cassette, the live result).  The module runs on
@@ -101,15 +99,10 @@ async def replay_offline(test: str, path: Path, live: Transcript, run: Run, base
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 1. OpenAI Chat Completions (llama-cpp-python)
+# 1. OpenAI Chat Completions
 def chat_agent(model: str, base_url: str, api_key: str) -> Any:
     return openai_agent.fork(
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        max_tokens=MAX_TOKENS,
-        extra_body={"max_tokens": MAX_TOKENS},  # llama-cpp-python knows only the older field
-        temperature=0,
+        model=model, base_url=base_url, api_key=api_key, max_tokens=MAX_TOKENS, temperature=0
     )
 
 
@@ -132,27 +125,15 @@ async def check_openai_chat(server: LocalLLMServer, api_key: str, path: Path, te
     return live
 
 
-async def test_openai_chat_replays_identically_offline(
-    llama_cpp_python: LocalLLMServer, tmp_path: Path
-) -> None:
-    _, messages, _ = await check_openai_chat(
-        llama_cpp_python, OPENAI_SENTINEL, tmp_path / "chat.jsonl", "chat"
-    )
-    assert "usage" not in messages[0]  # llama-cpp-python sends no usage chunk (and the replay invents none)
-
-
-async def test_openai_chat_usage_replays_identically(llama_server: LocalLLMServer, tmp_path: Path) -> None:
-    # llama-server's /v1/chat/completions sends the usage chunk that llama-cpp-python leaves out
-    _, messages, _ = await check_openai_chat(llama_server, API_KEY, tmp_path / "usage.jsonl", "usage")
-    usage = messages[0]["usage"]
+async def test_openai_chat_replays_identically_offline(local_llm: LocalLLMServer, tmp_path: Path) -> None:
+    _, messages, _ = await check_openai_chat(local_llm, API_KEY, tmp_path / "chat.jsonl", "chat")
+    usage = messages[0]["usage"]  # the server's usage chunk, replayed as recorded
     assert usage["completion_tokens"] >= 1 and usage["prompt_tokens"] >= 1
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 2. Tool calls over OpenAI Chat Completions (llama-cpp-python, chatml-function-calling)
-async def test_openai_tool_rounds_replay_round_by_round(
-    llama_cpp_python_tools: LocalLLMServer, tmp_path: Path
-) -> None:
+# 2. Tool calls over OpenAI Chat Completions
+async def test_openai_tool_rounds_replay_round_by_round(local_llm: LocalLLMServer, tmp_path: Path) -> None:
     path = tmp_path / "tools.jsonl"
     question = "What is the weather in Paris?"
 
@@ -165,26 +146,25 @@ async def test_openai_tool_rounds_replay_round_by_round(
             return f"sunny in {city}"
 
         llm = openai_agent.fork(
-            model=llama_cpp_python_tools.model,
+            model=local_llm.model,
             base_url=base_url,
-            api_key="unused",
+            api_key=API_KEY,
             tools=[get_weather],
-            tool_choice="get_weather",  # the base model calls tools only when forced ...
+            tool_choice="required",  # the base model calls tools only when forced ...
+            parallel_tool_calls=False,
             max_tool_rounds=1,  # ... and forced, it asks again after the result: round 2 ends the call
-            extra_body={"max_tokens": 64},
+            max_tokens=64,
             temperature=0,
         )
         async with MiniAgents():
             rounds = await transcript(llm.inquire(question))
             # The first tool round and its result go back once more, now with tool_choice "none": a text answer.
             conversation = [question, *(Message.from_dict(m) for m in rounds[1][:2])]
-            answer = await transcript(
-                llm.inquire(conversation, tool_choice="none", extra_body={"max_tokens": MAX_TOKENS})
-            )
+            answer = await transcript(llm.inquire(conversation, tool_choice="none", max_tokens=MAX_TOKENS))
         return rounds, answer, cities
 
     async with Cassette(path, mode="record") as cassette:
-        live = await run(llama_cpp_python_tools.base_url)
+        live = await run(local_llm.base_url)
     rounds, answer, cities = live
     _, messages, error = rounds
     assert error is not None and error.startswith("ToolRoundsExceededError")
@@ -214,21 +194,21 @@ async def test_openai_tool_rounds_replay_round_by_round(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 3. Anthropic Messages (llama-server)
+# 3. Anthropic Messages
 async def test_anthropic_messages_replay_identically_offline(
-    llama_server: LocalLLMServer, tmp_path: Path
+    local_llm: LocalLLMServer, tmp_path: Path
 ) -> None:
     path = tmp_path / "messages.jsonl"
 
     async def run(base_url: str, api_key: str) -> Transcript:
         llm = anthropic_agent.fork(
-            model=llama_server.model, base_url=base_url, api_key=api_key, max_tokens=MAX_TOKENS, temperature=0
+            model=local_llm.model, base_url=base_url, api_key=api_key, max_tokens=MAX_TOKENS, temperature=0
         )
         async with MiniAgents():
             result = await transcript(llm.inquire("Write a sentence about mountains.", system="Be brief."))
         return result
 
-    live = await record_one_reply(path, run, llama_server.url, API_KEY)
+    live = await record_one_reply(path, run, local_llm.url, API_KEY)
     _, messages, _ = live
     assert messages[0]["provider"] == "anthropic"
     assert messages[0]["finish_reason"] in ("end_turn", "max_tokens", "stop_sequence")
@@ -238,12 +218,12 @@ async def test_anthropic_messages_replay_identically_offline(
 
 # --------------------------------------------------------------------------------------------------------------
 # 4. The real server's API key never reaches the cassette
-async def test_real_api_key_never_reaches_the_cassette(llama_server: LocalLLMServer, tmp_path: Path) -> None:
+async def test_real_api_key_never_reaches_the_cassette(local_llm: LocalLLMServer, tmp_path: Path) -> None:
     path = tmp_path / "key.jsonl"
     # The key goes in the x-api-key header (the server refuses requests without it) and in the prompt itself.
     prompt = f"Repeat after me: {API_KEY} {API_KEY}"
     llm = anthropic_agent.fork(
-        model=llama_server.model, base_url=llama_server.url, api_key=API_KEY, max_tokens=8, temperature=0
+        model=local_llm.model, base_url=local_llm.url, api_key=API_KEY, max_tokens=8, temperature=0
     )
     async with Cassette(path, mode="record"), MiniAgents():
         live = (await llm.inquire(prompt))[0].content
