@@ -27,10 +27,10 @@ from miniagents.llms.local import local_agent
 from miniagents.testing.fake_llm_server import (
     FakeLLMServer,
     ToolCall,
-    _validate_anthropic,
     anthropic_stream,
     openai_stream,
 )
+from miniagents.testing.fake_llm_server._validation import _validate_anthropic
 
 pytestmark = pytest.mark.anyio
 

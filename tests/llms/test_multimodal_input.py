@@ -32,11 +32,10 @@ from miniagents.persistence._codec import decode_row, encode_message
 from miniagents.testing import Cassette
 from miniagents.testing.fake_llm_server import (
     FakeLLMServer,
-    _validate_anthropic,
-    _validate_openai,
     anthropic_stream,
     openai_stream,
 )
+from miniagents.testing.fake_llm_server._validation import _validate_anthropic, _validate_openai
 from miniagents.tracing import TracingOptions
 
 pytestmark = pytest.mark.anyio

@@ -23,10 +23,10 @@ from miniagents.llms._tools import as_tools
 from miniagents.testing.fake_llm_server import (
     FakeLLMServer,
     ToolCall,
-    _validate_anthropic,
     anthropic_stream,
     openai_stream,
 )
+from miniagents.testing.fake_llm_server._validation import _validate_anthropic
 
 pytestmark = pytest.mark.anyio
 
