@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from miniagents._frozen import EMPTY, FrozenDict, freeze, treat_as_frozen
+from miniagents._publish import DEFINED_AT
 
 _M = TypeVar("_M", bound="Message")
 
@@ -48,8 +49,14 @@ _DECLARED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
 
 
 def class_path(cls: type) -> str:
-    """Return ``"module:QualName"``, the name under which a message class is serialised."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """Return ``"module:QualName"``, the name under which a message class is serialised (and hashed).
+
+    For the package's own classes it is the defining module's, recorded by ``_publish`` before they report
+    their public module (``TextMessage.__module__ == "miniagents"``): publishing changes neither hash keys
+    nor stored rows.
+    """
+    recorded = cls.__dict__.get(DEFINED_AT)
+    return recorded if recorded is not None else f"{cls.__module__}:{cls.__qualname__}"
 
 
 class _ContentOnlyPrefixes(dict[type, "str | None"]):

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from miniagents._publish import publish
 from miniagents.tracing._options import CAPTURE_CONTENT_ENV, TracingOptions
 
 if TYPE_CHECKING:
@@ -108,3 +109,6 @@ def tracing_observer(tracing: Any) -> CallObserver | None:
     else:
         options = TracingOptions(tracer_provider=tracing)
     return TracingObserver(options)
+
+
+publish(globals())  # the public names report this module (see miniagents._publish)
