@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import anyio
 import attrs
@@ -50,10 +50,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from miniagents._context import MiniAgents
-    from miniagents._promises import MessageWriter, StreamWriter
-
-    OpenWriter = MessageWriter | StreamWriter[Any] | MessageSequenceWriter
-    from miniagents._scope import TaskOwner
+    from miniagents._scope import CallLike, TaskOwner, WriterLike
 
 AgentFunction = Callable[..., Coroutine[Any, Any, None]]
 _F = TypeVar("_F", bound=AgentFunction)
@@ -185,7 +182,7 @@ class MiniAgent:
 
         """
         context, owner = current_owner(f"calling agent {self.alias!r}")
-        return AgentCall(self, self._call_kwargs(kwargs), context, owner)
+        return AgentCall(self, self._call_kwargs(kwargs), cast("MiniAgents", context), owner)
 
     def inquire(self, messages: MessageType | None = None, **kwargs: Any) -> MessageSequencePromise:
         """Start a call soon with *messages* as its whole input and return its replies (no await needed)."""
@@ -387,8 +384,8 @@ class AgentCall:
         self._failure_passed_on = False
         self._function_returned = False
         self._user_tasks = 0
-        self._writers: set[OpenWriter] | None = None
-        self._open_calls: dict[AgentCall, None] | None = None
+        self._writers: set[WriterLike] | None = None
+        self._open_calls: dict[CallLike, None] | None = None
         self._started_at = time.time() if context.records_calls else 0.0
 
         self._input = SequenceBuilder(context, owner)
@@ -504,29 +501,29 @@ class AgentCall:
         else:
             self.context.spawn(fn, *args)
 
-    def register_open_call(self, call: AgentCall) -> None:
+    def register_open_call(self, call: CallLike) -> None:
         """Remember a call this call started whose input is still open (finished when this agent returns)."""
         if self._open_calls is None:
             self._open_calls = {}
         self._open_calls[call] = None
 
-    def forget_open_call(self, call: AgentCall) -> None:
+    def forget_open_call(self, call: CallLike) -> None:
         """Forget *call* once its input is finished."""
         if self._open_calls is not None:
             self._open_calls.pop(call, None)
 
-    def track_writer(self, writer: OpenWriter) -> None:
+    def track_writer(self, writer: WriterLike) -> None:
         """Remember an open message writer, failed if still open when the call ends."""
         if self._writers is None:
             self._writers = set()
         self._writers.add(writer)
 
-    def untrack_writer(self, writer: OpenWriter) -> None:
+    def untrack_writer(self, writer: WriterLike) -> None:
         """Forget a writer that finished or failed."""
         if self._writers is not None:
             self._writers.discard(writer)
 
-    def end_writer(self, writer: OpenWriter, error: BaseException) -> None:
+    def end_writer(self, writer: WriterLike, error: BaseException) -> None:
         """End a message this call was streaming when *error* stopped it.
 
         With ``errors_as_messages`` the message keeps the tokens it had (consumers then get the

@@ -57,11 +57,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
-    from miniagents._promises import MessageWriter, StreamWriter
-    from miniagents._sequence import MessageSequenceWriter
-
-    BlockWriter = MessageWriter | StreamWriter[Any] | MessageSequenceWriter
+    from miniagents._scope import CallLike, ContextLike, WriterLike
 
 T = TypeVar("T")
 _set_slot = object.__setattr__
@@ -262,7 +258,7 @@ class MiniAgents:
         self._stack: AsyncExitStack | None = None
         self._calls_tg: TaskGroupLike | None = None
         self.native_trio = False
-        self._open_calls: dict[AgentCall, None] = {}
+        self._open_calls: dict[CallLike, None] = {}
         # The keys queued for persistence (see miniagents/_dedup.py): every key of the activation, or the
         # current generation of a bounded cache, the older one (of activation _seen_before_in) and its size.
         self._seen: set[str] = set()
@@ -282,8 +278,8 @@ class MiniAgents:
         self._persist_closing = False
         self._persisted = 0
         self._resources: dict[Hashable, tuple[Any, Callable[[Any], Awaitable[None]] | None]] = {}
-        self._tokens: tuple[Token[MiniAgents | None], Token[AgentCall | None]] | None = None
-        self._block_writers: list[BlockWriter] = []
+        self._tokens: tuple[Token[ContextLike | None], Token[CallLike | None]] | None = None
+        self._block_writers: list[WriterLike] = []
         self._block_writers_limit = 64
         self._fatal: BaseException | None = None
         self._body_scope: anyio.CancelScope | None = None
@@ -298,7 +294,7 @@ class MiniAgents:
         context = current_context.get()
         if context is None:
             raise NoActiveContextError("no MiniAgents context is active")
-        return context
+        return cast("MiniAgents", context)  # the only ContextLike there is
 
     def attach(self) -> ContextAttachment:
         """Make this context the current one in the calling task, for a ``with`` or ``async with`` block.
@@ -417,11 +413,11 @@ class MiniAgents:
             raise NoActiveContextError("this MiniAgents context is not active")
         tg.start_soon(fn, *args)
 
-    def register_open_call(self, call: AgentCall) -> None:
+    def register_open_call(self, call: CallLike) -> None:
         """Remember a call whose input is open (finished when the block exits)."""
         self._open_calls[call] = None
 
-    def forget_open_call(self, call: AgentCall) -> None:
+    def forget_open_call(self, call: CallLike) -> None:
         """Forget a call whose input was finished."""
         self._open_calls.pop(call, None)
 
@@ -721,7 +717,7 @@ class MiniAgents:
                     AgentCallCancelledError("the MiniAgents block ended without finishing this stream")
                 )
 
-    def track_block_writer(self, writer: BlockWriter) -> None:
+    def track_block_writer(self, writer: WriterLike) -> None:
         """Remember a writer opened outside any call, to end it at exit if it is still open then."""
         writers = self._block_writers
         writers.append(writer)

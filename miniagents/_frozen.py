@@ -107,6 +107,22 @@ class FrozenDict(Mapping[_K, _V]):
 EMPTY: FrozenDict[Any, Any] = FrozenDict()
 
 _SHARED_TYPES: set[type] = set()
+#: Classes whose instances are immutable already (messages): frozen as they are, also inside message fields.
+_FROZEN_CLASSES: tuple[type, ...] = ()
+
+
+def treat_as_frozen(cls: type[_T]) -> type[_T]:
+    """Declare that instances of *cls* (and its subclasses) are deeply immutable: :func:`freeze` keeps them.
+
+    The message layer declares :class:`~miniagents.Message` this way, so that this leaf module needs no import
+    of it.
+    """
+    global _FROZEN_CLASSES
+    if cls not in _FROZEN_CLASSES:
+        _FROZEN_CLASSES = (*_FROZEN_CLASSES, cls)
+    return cls
+
+
 _CALLABLE_TYPES = (
     types.FunctionType,
     types.BuiltinFunctionType,
@@ -156,10 +172,8 @@ def freeze(value: Any, path: str, *, shared: bool = False) -> Any:
         return value
     if isinstance(value, SCALAR_TYPES):
         return value
-    from miniagents._messages import Message
-
-    if isinstance(value, Message):
-        return value  # already immutable: kept as the same object
+    if isinstance(value, _FROZEN_CLASSES):
+        return value  # already immutable (a message): kept as the same object
     if isinstance(value, FrozenDict):
         if all(_is_frozen_scalar(v) for v in value._data.values()):
             return value
@@ -191,6 +205,19 @@ def freeze(value: Any, path: str, *, shared: bool = False) -> Any:
         "message fields and agent kwargs accept str, numbers, bool, None, bytes, date/time values, UUID, "
         f"Decimal, Enum members, paths, messages, and dicts/lists/tuples/sets of those{hint}"
     )
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of :func:`freeze` for JSON: ``FrozenDict`` / mappings become dicts, tuples and lists lists.
+
+    Other values are returned as they are (no copy of scalars).  Used to send frozen message fields and kwargs
+    as JSON (an LLM request body, a schema).
+    """
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [thaw(v) for v in value]
+    return value
 
 
 def _is_frozen_scalar(value: Any) -> bool:

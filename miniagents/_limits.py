@@ -28,7 +28,6 @@ waiter.  Requests already granted are not affected by a pause.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
@@ -42,13 +41,13 @@ import attrs
 from miniagents._frozen import share_by_reference
 
 __all__ = [
-    "LLMRequestInfo",
     "LimiterClock",
     "RateKeyStatistics",
     "RateLease",
     "RateLimit",
     "RateLimiter",
-    "api_key_fingerprint",
+    "RequestInfo",
+    "default_key",
 ]
 
 #: The length of the sliding window, in seconds, of ``requests_per_minute`` and ``tokens_per_minute``.
@@ -78,32 +77,21 @@ class RateLimit:
     max_concurrent: int | None = attrs.field(default=None, validator=_positive_or_none)
 
 
-def api_key_fingerprint(api_key: str) -> str:
-    """Return a short, stable fingerprint of *api_key* (16 hex digits of its SHA-256); never the key itself."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+class RequestInfo(Protocol):
+    """What a request tells the limiter, to pick its key (see ``RateLimiter(key=...)``).
 
-
-@attrs.frozen
-class LLMRequestInfo:
-    """What an LLM agent tells the limiter about a request, to pick its key (see ``RateLimiter(key=...)``).
-
-    Attributes:
-        provider: ``"openai"`` or ``"anthropic"``.
-        model: the requested model.
-        base_url: the API base URL.
-        api_key_fingerprint: :func:`api_key_fingerprint` of the API key (``""`` when there is no key).
-
+    The LLM agents pass a :class:`miniagents.llms.LLMRequestInfo`; anything else that uses the limiter passes
+    its own.  The limiter itself only reads :attr:`default_key` (when no ``key`` function is given).
     """
 
-    provider: str
-    model: str
-    base_url: str
-    api_key_fingerprint: str
+    @property
+    def default_key(self) -> Hashable:
+        """The key of the request when the limiter has no ``key`` function."""
 
 
-def provider_and_model(info: LLMRequestInfo) -> Hashable:
-    """The default key of an LLM request: ``(provider, model)``."""
-    return (info.provider, info.model)
+def default_key(info: RequestInfo) -> Hashable:
+    """The default key function: the request's own :attr:`RequestInfo.default_key`."""
+    return info.default_key
 
 
 class LimiterClock(Protocol):
@@ -410,7 +398,8 @@ class RateLimiter:
     Args:
         limits: the :class:`RateLimit` of each key, e.g. ``{("openai", "gpt-4o-mini"): RateLimit(...)}``.
         default: the limit of keys not in *limits* (``None``: such keys are not limited, but can be paused).
-        key: for LLM agents, maps a :class:`LLMRequestInfo` to the key (default ``(provider, model)``); use
+        key: maps a request's info to its key; for LLM agents a :class:`~miniagents.llms.LLMRequestInfo`,
+            whose default key is ``(provider, model)``; use
             ``lambda info: info.api_key_fingerprint`` to limit per API key.  Keys must be hashable; do not put
             raw API keys in them (keys appear in statistics and reprs).
         clock: the time source (:class:`LimiterClock`); default anyio's clock, so trio's ``MockClock`` works.
@@ -426,7 +415,7 @@ class RateLimiter:
         limits: Mapping[Hashable, RateLimit] | None = None,
         *,
         default: RateLimit | None = None,
-        key: Callable[[LLMRequestInfo], Hashable] = provider_and_model,
+        key: Callable[[Any], Hashable] = default_key,
         clock: LimiterClock | None = None,
     ) -> None:
         self._limits = dict(limits or {})
@@ -438,7 +427,7 @@ class RateLimiter:
         if default is not None and not isinstance(default, RateLimit):
             raise TypeError(f"RateLimiter default must be a RateLimit or None, got {type(default).__name__}")
         if not callable(key):
-            raise TypeError(f"RateLimiter key must be a function of an LLMRequestInfo, got {key!r}")
+            raise TypeError(f"RateLimiter key must be a function of a request's info, got {key!r}")
         self.default = default
         self.key = key
         self.clock: LimiterClock = clock if clock is not None else _AnyioClock()

@@ -31,15 +31,13 @@ import math
 import pathlib
 import sys
 import uuid
-from collections.abc import AsyncIterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterator, Mapping
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from miniagents._frozen import EMPTY, FrozenDict, freeze
-
-if TYPE_CHECKING:
-    from miniagents._promises import MessagePromise
+from miniagents._frozen import EMPTY, FrozenDict, freeze, treat_as_frozen
+from miniagents._publish import DEFINED_AT
 
 _M = TypeVar("_M", bound="Message")
 
@@ -51,8 +49,14 @@ _DECLARED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
 
 
 def class_path(cls: type) -> str:
-    """Return ``"module:QualName"``, the name under which a message class is serialised."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """Return ``"module:QualName"``, the name under which a message class is serialised (and hashed).
+
+    For the package's own classes it is the defining module's, recorded by ``_publish`` before they report
+    their public module (``TextMessage.__module__ == "miniagents"``): publishing changes neither hash keys
+    nor stored rows.
+    """
+    recorded = cls.__dict__.get(DEFINED_AT)
+    return recorded if recorded is not None else f"{cls.__module__}:{cls.__qualname__}"
 
 
 class _ContentOnlyPrefixes(dict[type, "str | None"]):
@@ -350,7 +354,7 @@ class Message:
         return build_message(target, content, values)
 
     @classmethod
-    def stream(cls, tokens: AsyncIterable[str], /, **fields: Any) -> MessagePromise:
+    def stream(cls, tokens: AsyncIterable[str], /, **fields: Any) -> StreamedMessage:
         """Return a :class:`MessagePromise` whose tokens stream from *tokens* while they are produced.
 
         *tokens* is pumped by a child task of the current agent call (or of the current :class:`MiniAgents`
@@ -361,9 +365,34 @@ class Message:
                 the promise, when it yields something other than ``str``.
 
         """
-        from miniagents._promises import MessagePromise
+        if _stream_factory is None:  # pragma: no cover - miniagents/__init__ imports the channels
+            raise RuntimeError("import miniagents first: the message channels are not loaded")
+        return _stream_factory(tokens, cls, fields)
 
-        return MessagePromise.from_token_stream(tokens, message_class=cls, **fields)
+
+class StreamedMessage(Protocol):
+    """What :meth:`Message.stream` returns: a :class:`~miniagents.MessagePromise` (its tokens, then its message).
+
+    Declared here because messages sit below the channels in the layer rule (see ``miniagents/__init__.py``).
+    """
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Replay the tokens from the first one, then follow the stream."""
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        """Wait for the whole message."""
+
+
+#: Set by the channels layer (``_promises``) when it is imported: how :meth:`Message.stream` makes a promise.
+_stream_factory: Callable[[AsyncIterable[str], type[Message], dict[str, Any]], StreamedMessage] | None = None
+
+
+def install_stream_factory(
+    factory: Callable[[AsyncIterable[str], type[Message], dict[str, Any]], StreamedMessage],
+) -> None:
+    """Let :meth:`Message.stream` make its promises with *factory* (called once, by ``_promises``)."""
+    global _stream_factory
+    _stream_factory = factory
 
 
 # What help() and inspect.signature() show for Message, TextMessage, ErrorMessage (``*args`` takes one at most).
@@ -647,3 +676,4 @@ def _resolve_class(path: str) -> type[Message]:
 
 
 _REGISTRY[class_path(Message)] = Message
+treat_as_frozen(Message)

@@ -22,29 +22,34 @@ handler's error.  With no observer the runtime does no work for them.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
     from miniagents._records import CallOutcome
 
-__all__ = ["CallObserver", "resolve_observers"]
+__all__ = ["TRACING_PLUGIN", "CallObserver", "resolve_observers"]
+
+#: The module whose ``tracing_observer(option)`` makes the observer for ``MiniAgents(tracing=...)``.
+TRACING_PLUGIN = "miniagents.tracing"
 
 
 class CallObserver(Protocol):
-    """Told when each agent call starts, runs and ends (see the module docstring for the guarantees)."""
+    """Told when each agent call starts, runs and ends (see the module docstring for the guarantees).
 
-    def call_started(self, call: AgentCall) -> Any:
+    *call* is the :class:`~miniagents.AgentCall`.  It is typed ``Any`` here because this layer sits below the
+    agents (see the layer rule in ``miniagents/__init__.py``): an observer may annotate it ``AgentCall``.
+    """
+
+    def call_started(self, call: Any) -> Any:
         """The call was created; return the per-call state passed to the next two methods."""
 
-    def call_running(self, call: AgentCall, state: Any) -> None:
+    def call_running(self, call: Any, state: Any) -> None:
         """The call's task started (runs in that task, before the agent function)."""
 
-    def call_finished(
-        self, call: AgentCall, state: Any, outcome: CallOutcome, error: BaseException | None
-    ) -> None:
+    def call_finished(self, call: Any, state: Any, outcome: CallOutcome, error: BaseException | None) -> None:
         """The call ended with *outcome* (*error* is the failure of a ``"failed"`` call)."""
 
 
@@ -59,7 +64,8 @@ def resolve_observers(observers: Iterable[CallObserver], tracing: Any) -> tuple[
     result = tuple(observers)
     if tracing is False or (tracing is None and "opentelemetry.trace" not in sys.modules):
         return result
-    from miniagents.tracing import tracing_observer
-
-    observer = tracing_observer(tracing)
+    # The one way the core reaches a plug-in: the tracing plug-in's observer factory, looked up by name (the
+    # core imports no plug-in module; see the layer rule in miniagents/__init__.py).
+    plugin = importlib.import_module(TRACING_PLUGIN)
+    observer = plugin.tracing_observer(tracing)
     return result if observer is None else (*result, observer)

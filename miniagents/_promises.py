@@ -21,12 +21,12 @@ import anyio
 from miniagents._buffer import BufferIterator, BufferStatistics, ReplayBuffer
 from miniagents._exceptions import AgentCallCancelledError, SequenceClosedError
 from miniagents._frozen import EMPTY, FrozenDict, freeze_kwargs
-from miniagents._messages import Message, TextMessage, build_message
+from miniagents._messages import Message, TextMessage, build_message, install_stream_factory
 from miniagents._scope import current_call, current_context, current_owner
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
     from miniagents._ledger import ErrorLedger
+    from miniagents._scope import CallLike
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -105,7 +105,7 @@ class StreamWriter(Generic[P]):
 
     __slots__ = ("__weakref__", "_owner", "_promise")
 
-    def __init__(self, promise: StreamedPromise[P, Any], owner: AgentCall | None = None) -> None:
+    def __init__(self, promise: StreamedPromise[P, Any], owner: CallLike | None = None) -> None:
         self._promise = promise
         self._owner = owner
         if owner is not None:
@@ -480,3 +480,12 @@ def _check_token(token: Any) -> None:
 
 def _join_tokens(tokens: Sequence[str]) -> Message:  # pragma: no cover - MessagePromise overrides awaiting
     return TextMessage(content="".join(tokens))
+
+
+def _stream_message(
+    tokens: AsyncIterable[str], message_class: type[Message], fields: dict[str, Any]
+) -> MessagePromise:
+    return MessagePromise.from_token_stream(tokens, message_class=message_class, **fields)
+
+
+install_stream_factory(_stream_message)  # Message.stream() (the message layer cannot import this one)

@@ -28,8 +28,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
-    from miniagents._context import MiniAgents
+    from miniagents._ledger import ErrorLedger
+    from miniagents._messages import Message
 
 
 class TaskOwner(Protocol):
@@ -38,11 +38,100 @@ class TaskOwner(Protocol):
     def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child task.  *fn* must not raise (errors are routed by the caller)."""
 
-    def register_open_call(self, call: AgentCall) -> None:
+    def register_open_call(self, call: CallLike) -> None:
         """Remember a call started here whose input is still open (finished when this owner ends)."""
 
-    def forget_open_call(self, call: AgentCall) -> None:
+    def forget_open_call(self, call: CallLike) -> None:
         """Forget a call whose input was finished."""
+
+
+class WriterLike(Protocol):
+    """The producer side of a stream, as its owner ends it (the channels' writers fit)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was finished or failed."""
+
+    def close(self) -> None:
+        """Finish the stream with what it has."""
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream with *error*."""
+
+
+class ContextLike(TaskOwner, Protocol):
+    """What the layers below the context know of a ``MiniAgents`` context (``_context.MiniAgents`` fits).
+
+    Lower layers (channels, observers) name this Protocol, never the concrete class, so that the context can
+    import them and not the other way round.
+    """
+
+    ledger: ErrorLedger
+    errors_as_messages: bool
+    _activation: int
+    _loop_identity: tuple[int, object, str | None]
+
+    @property
+    def persists(self) -> bool:
+        """Whether messages go to persistence handlers."""
+
+    def persist(self, message: Message) -> None:
+        """Hand *message* (and the messages nested in it) to the persistence handlers."""
+
+    def track_block_writer(self, writer: WriterLike) -> None:
+        """Remember a writer opened outside any call, to end it at exit if it is still open then."""
+
+    def _fatal_error(self, error: BaseException) -> None:
+        """A KeyboardInterrupt or SystemExit escaped an agent: stop the context."""
+
+    def _check_loop(self, what: str) -> None:
+        """Raise if this is not the thread and event loop the context was entered in."""
+
+
+class AgentLike(Protocol):
+    """What the layers below the agents know of an agent (``MiniAgent`` fits)."""
+
+    @property
+    def alias(self) -> str:
+        """The agent's name."""
+
+
+class CallLike(TaskOwner, Protocol):
+    """What the layers below the agents know of an agent call (``_agents.AgentCall`` fits)."""
+
+    @property
+    def agent(self) -> AgentLike:
+        """The agent called."""
+
+    @property
+    def context(self) -> ContextLike:
+        """The context the call runs in."""
+
+    @property
+    def parent(self) -> CallLike | None:
+        """The call that started this one (``None`` outside any agent)."""
+
+    @property
+    def accepts_children(self) -> bool:
+        """Whether the call still runs and takes new child tasks."""
+
+    def cancel(self) -> None:
+        """Cancel the call."""
+
+    def finish(self) -> None:
+        """Finish the call's input: nothing more will be sent."""
+
+    def track_writer(self, writer: WriterLike) -> None:
+        """Remember an open writer, failed if still open when the call ends."""
+
+    def untrack_writer(self, writer: WriterLike) -> None:
+        """Forget a writer that finished or failed."""
+
+    def end_writer(self, writer: WriterLike, error: BaseException) -> None:
+        """End a stream the call was writing when *error* stopped it."""
+
+    def _fail(self, error: BaseException, *, passed_on: bool = False) -> None:
+        """Fail the call with *error*."""
 
 
 class CancelScopeLike(Protocol):
@@ -371,11 +460,11 @@ def open_call_group(
 
 #: The scoped child group whose child is the current task (asyncio only): a call group opened in it nests in it.
 _enclosing_group: ContextVar[ScopedChildGroup | None] = ContextVar("miniagents_enclosing_group", default=None)
-current_context: ContextVar[MiniAgents | None] = ContextVar("miniagents_context", default=None)
-current_call: ContextVar[AgentCall | None] = ContextVar("miniagents_call", default=None)
+current_context: ContextVar[ContextLike | None] = ContextVar("miniagents_context", default=None)
+current_call: ContextVar[CallLike | None] = ContextVar("miniagents_call", default=None)
 
 
-def require_context(what: str) -> MiniAgents:
+def require_context(what: str) -> ContextLike:
     """Return the active ``MiniAgents`` context or raise :class:`NoActiveContextError` naming *what*."""
     context = current_context.get()
     if context is None:
@@ -386,7 +475,7 @@ def require_context(what: str) -> MiniAgents:
     return context
 
 
-def current_owner(what: str) -> tuple[MiniAgents, TaskOwner]:
+def current_owner(what: str) -> tuple[ContextLike, TaskOwner]:
     """Return the active context and the innermost live owner for a new child task."""
     call = current_call.get()
     if call is not None and call.accepts_children:

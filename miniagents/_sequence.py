@@ -46,9 +46,7 @@ from miniagents._promises import MessagePromise, StreamedPromise
 from miniagents._scope import current_call, current_owner
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
-    from miniagents._context import MiniAgents
-    from miniagents._scope import TaskOwner
+    from miniagents._scope import CallLike, ContextLike, TaskOwner
 
 #: What can be sent or replied: nested arbitrarily, flattened in order.
 MessageType: TypeAlias = Union[
@@ -107,7 +105,7 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
 
     _buffer: ReplayBuffer[Item]
     #: The call whose replies these are while it runs, CONCLUDED after it ended, None for other sequences.
-    _call: AgentCall | object | None
+    _call: CallLike | object | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -129,7 +127,7 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
         """Return a new sequence and its writer; async parts are pumped by the current call or context."""
         context, owner = current_owner("MessageSequencePromise.open()")
         builder = SequenceBuilder(context, owner)
-        call = None if owner is context else cast("AgentCall", owner)
+        call = None if owner is context else cast("CallLike", owner)
         writer = MessageSequenceWriter(builder, call)
         if call is None:
             context.track_block_writer(writer)  # failed at the context's exit if still open
@@ -190,7 +188,7 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
             return  # not a call's replies: nothing to cancel
         buffer = self._buffer
         if call is not CONCLUDED:
-            cast("AgentCall", call).cancel()
+            cast("CallLike", call).cancel()
             # Cancelled, the call ends promptly; wait for it even if this task is being cancelled, so that
             # nothing it started outlives the block (a nursery waits for its children the same way).
             with anyio.CancelScope(shield=True):
@@ -284,7 +282,7 @@ class MessageSequenceWriter:
 
     __slots__ = ("__weakref__", "_builder", "_owner")
 
-    def __init__(self, builder: SequenceBuilder, owner: AgentCall | None = None) -> None:
+    def __init__(self, builder: SequenceBuilder, owner: CallLike | None = None) -> None:
         self._builder = builder
         self._owner = owner
         if owner is not None:
@@ -356,7 +354,7 @@ class SequenceBuilder:
         "on_pump_error",
     )
 
-    def __init__(self, context: MiniAgents | None, owner: TaskOwner | None) -> None:
+    def __init__(self, context: ContextLike | None, owner: TaskOwner | None) -> None:
         self.buffer: ReplayBuffer[Item] = ReplayBuffer(None if context is None else context.ledger)
         self._owner = owner
         self._context = context

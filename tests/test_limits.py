@@ -12,7 +12,8 @@ import anyio
 import pytest
 import trio
 
-from miniagents import RateLease, RateLimit, RateLimiter, api_key_fingerprint
+from miniagents import RateLease, RateLimit, RateLimiter
+from miniagents.llms import api_key_fingerprint
 from miniagents.testing.limits import ManualClock, wait_all_tasks_blocked
 
 pytestmark = pytest.mark.anyio

@@ -10,6 +10,7 @@
 See the README section "Serving agents from a web app".
 """
 
+from miniagents._publish import publish
 from miniagents.asgi._app import EventStreamResponse, MiniAgentsMiddleware
 from miniagents.asgi._events import ServerSentEvent, error_details, error_payload, reply_events
 
@@ -22,6 +23,4 @@ __all__ = [
     "reply_events",
 ]
 
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
+publish(globals())  # the public names report this module (see miniagents._publish)

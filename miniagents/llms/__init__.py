@@ -18,6 +18,7 @@ assistant message carries its :class:`Usage` in a provider-independent shape, an
 import httpx
 
 from miniagents import share_by_reference
+from miniagents._publish import publish
 from miniagents.llms._agents import anthropic_agent, openai_agent
 from miniagents.llms._exceptions import (
     APIStatusError,
@@ -40,6 +41,7 @@ from miniagents.llms._exceptions import (
 )
 from miniagents.llms._output import output_of
 from miniagents.llms._parts import DocumentPart, ImagePart, user_message
+from miniagents.llms._request_info import LLMRequestInfo, api_key_fingerprint
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._tools import Tool
 from miniagents.llms._usage import Usage, UsageLimit
@@ -60,6 +62,7 @@ __all__ = [
     "ImagePart",
     "LLMConnectionError",
     "LLMError",
+    "LLMRequestInfo",
     "LLMTimeoutError",
     "MalformedResponseError",
     "NotFoundError",
@@ -76,7 +79,10 @@ __all__ = [
     "UsageLimit",
     "UsageLimitExceededError",
     "anthropic_agent",
+    "api_key_fingerprint",
     "openai_agent",
     "output_of",
     "user_message",
 ]
+
+publish(globals())  # the public names report this module (see miniagents._publish)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from miniagents._frozen import thaw
 from miniagents.llms._common import (
     PLACEHOLDER_USER_TURN,
     LLMOptions,
@@ -13,7 +14,6 @@ from miniagents.llms._common import (
     endpoint_url,
     is_reasoning_message,
     message_role,
-    thaw,
     tool_calls_of,
 )
 from miniagents.llms._exceptions import LLMError, MalformedResponseError, TruncatedStreamError

@@ -11,6 +11,7 @@ import attrs
 import httpx
 
 from miniagents._limits import RateLimiter
+from miniagents.llms._output import OUTPUT_MODES, output_schema
 from miniagents.llms._parts import cache_control_value
 from miniagents.llms._retry import RetryPolicy
 from miniagents.llms._sse import ServerSentEvent
@@ -267,8 +268,6 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
 
 def _check_output(agent: str, values: Mapping[str, Any]) -> None:
     """Check ``output_type`` (it must have a JSON schema), ``output_mode`` and ``output_retries``."""
-    from miniagents.llms._output import OUTPUT_MODES, output_schema
-
     if values.get("output_type") is not None:
         output_schema(agent, values["output_type"])
     mode = values.get("output_mode")
@@ -376,12 +375,3 @@ def _dumps(value: Any) -> str:
         raise TypeError(type(obj).__name__)
 
     return json.dumps(value, default=default, ensure_ascii=False)
-
-
-def thaw(value: Any) -> Any:
-    """Turn frozen message field values (FrozenDict, tuple) back into JSON-ready dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [thaw(v) for v in value]
-    return value

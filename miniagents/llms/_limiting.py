@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from miniagents import LLMRequestInfo, MiniAgents, RateLease, RateLimiter, api_key_fingerprint
+from miniagents import MiniAgents, RateLease, RateLimiter
+from miniagents.llms._request_info import LLMRequestInfo, api_key_fingerprint
 from miniagents.llms._retry import retry_after_seconds
 
 __all__ = ["PAUSING_STATUSES", "RequestLimits", "request_limits", "usage_tokens"]

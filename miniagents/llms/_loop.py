@@ -41,9 +41,9 @@ from miniagents.llms._http import (
 from miniagents.llms._limiting import request_limits
 from miniagents.llms._output import OUTPUT_TOOL_NAME, OutputJudge, OutputSpec, output_spec
 from miniagents.llms._sse import SSEDecoder, SSELineTooLongError
+from miniagents.llms._telemetry import NO_TOOL_SPAN, active_tracing, chat_span
 from miniagents.llms._tools import Tool, as_tools, tool_result_text
 from miniagents.llms._usage import Usage, usage_fields
-from miniagents.tracing._state import NO_TOOL_SPAN, active_tracing, chat_span
 
 __all__ = ["run_llm_agent"]
 

@@ -6,13 +6,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from miniagents._frozen import thaw
 from miniagents.llms._common import (
     LLMOptions,
     ToolCallRecord,
     endpoint_url,
     is_reasoning_message,
     message_role,
-    thaw,
     tool_calls_of,
 )
 from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError

@@ -27,6 +27,9 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from miniagents import Message
+from miniagents._frozen import thaw
+from miniagents.llms._tools import json_schema_for
 from miniagents.llms._validation import Issue, ValidationFailed, convert, convert_by_schema, to_json
 
 __all__ = ["OUTPUT_TOOL_NAME", "OutputJudge", "OutputSpec", "output_of", "output_spec"]
@@ -52,9 +55,6 @@ def output_schema(agent: str, output_type: Any) -> dict[str, Any]:
             object, or a field type has no JSON schema (the message names the agent and the field).
 
     """
-    from miniagents.llms._common import thaw
-    from miniagents.llms._tools import json_schema_for
-
     if isinstance(output_type, Mapping):
         schema = thaw(output_type)
         if schema.get("type", "object") != "object" or not isinstance(schema.get("properties", {}), Mapping):
@@ -354,9 +354,6 @@ async def output_of(source: Any, output_type: Any = None) -> Any:
         ValidationFailed: the data does not match *output_type* (a different type than the call's).
 
     """
-    from miniagents import Message
-    from miniagents.llms._common import thaw
-
     if isinstance(source, Message):
         messages: list[Any] = [source]
     elif isinstance(source, Awaitable):

@@ -5,13 +5,14 @@ agent call with its input and reply messages in order; read it back with the sto
 :class:`StoreReader`, or with ``python -m miniagents.persistence inspect run.db``.
 """
 
+from miniagents._publish import publish
 from miniagents.persistence._reader import CallRef, StoredCall, StoredRun, StoreReader
 from miniagents.persistence._schema import SCHEMA_VERSION, SchemaVersionError
 from miniagents.persistence._store import SQLiteStore, StoreStatistics
 
 __all__ = [
-    "SCHEMA_VERSION",
     "CallRef",
+    "SCHEMA_VERSION",
     "SQLiteStore",
     "SchemaVersionError",
     "StoreReader",
@@ -19,3 +20,5 @@ __all__ = [
     "StoredCall",
     "StoredRun",
 ]
+
+publish(globals())  # the public names report this module (see miniagents._publish)

@@ -11,13 +11,13 @@ from typing import Any
 
 from miniagents._agents import MiniAgent
 from miniagents._frozen import FrozenDict, freeze
-from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
+from miniagents._messages import _CONTENT_ONLY_PREFIX, Message, class_path
 
 TAG = "$t"
 REF = "ref"
 _PLAIN = (str, int, float, bool, type(None))
 _SCALARS = frozenset({str, int, bool, type(None)})  # exact types: a subclass may encode otherwise
-_MESSAGE_CLASS = f"{Message.__module__}:{Message.__qualname__}"
+_MESSAGE_CLASS = class_path(Message)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
@@ -32,7 +32,7 @@ def encode_message(message: Message) -> tuple[str, str, str | None, list[Message
     cls_type = type(message)
     # the common case (TextMessage & co): nothing to encode
     if is_simple(cls_type) and not message.extra_fields:
-        return f"{cls_type.__module__}:{cls_type.__qualname__}", message.content, None, []
+        return class_path(cls_type), message.content, None, []
     data = message.to_dict()
     cls = data.pop("class")
     content = data.pop("content", "")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from miniagents._frozen import EMPTY
-from miniagents._messages import Message
+from miniagents._messages import Message, class_path
 from miniagents._records import CallRecord
 from miniagents.persistence._codec import encode_kwargs, encode_message, is_simple, pack_ids
 from miniagents.persistence._schema import key_prefix, migrate
@@ -130,7 +130,7 @@ class _SimpleClasses(dict[type, "str | None"]):
     """``type -> "module:QualName"`` for message classes with no fields but ``content``, else ``None``."""
 
     def __missing__(self, cls: type) -> str | None:
-        name = f"{cls.__module__}:{cls.__qualname__}" if is_simple(cls) else None
+        name = class_path(cls) if is_simple(cls) else None
         self[cls] = name
         return name
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from miniagents._publish import publish_object
+
 if TYPE_CHECKING:
     from miniagents.testing._cassette import CASSETTE_MODE_ENV, Cassette, CassetteMode, CassetteStatistics
     from miniagents.testing._cassette_format import (
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
         raw_response,
         responses_stream,
     )
+    from miniagents.testing.limits import wait_all_tasks_blocked
 
 _LAZY = {
     "Cassette": "_cassette",
@@ -77,6 +80,7 @@ _LAZY = {
     "NodeSpec": "_graphs",
     "Observed": "_graphs",
     "Segment": "_graphs",
+    "wait_all_tasks_blocked": "limits",
     "SSE": "fake_llm_server",
     "FakeLLMServer": "fake_llm_server",
     "Gate": "fake_llm_server",
@@ -130,6 +134,7 @@ __all__ = [
     "raw_response",
     "responses_stream",
     "start_graph",
+    "wait_all_tasks_blocked",
 ]
 
 
@@ -140,7 +145,10 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'miniagents.testing' has no attribute {name!r}")
     try:
-        return getattr(importlib.import_module(f"miniagents.testing.{module}"), name)
+        value = getattr(importlib.import_module(f"miniagents.testing.{module}"), name)
+        publish_object(__name__, value)  # the public name reports this module (see miniagents._publish)
+        globals()[name] = value  # looked up once
+        return value
     except ModuleNotFoundError as error:
         if error.name == "hypothesis":
             raise ImportError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -12,15 +12,15 @@ from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, S
 
 import miniagents
 from miniagents._scope import current_context
+from miniagents.llms._telemetry import NO_SPAN, NO_TOOL_SPAN, ChatSpan, ToolSpan, active_tracing
 from miniagents.tracing._genai import OpenChatSpan, OpenToolSpan, record_failure
-from miniagents.tracing._state import NO_SPAN, NO_TOOL_SPAN, ChatSpan, ToolSpan, active_tracing
 
 if TYPE_CHECKING:
-    from miniagents._agents import AgentCall
+    from miniagents import AgentCall, MiniAgents
     from miniagents._messages import Message
     from miniagents._records import CallOutcome
     from miniagents.llms._common import LLMOptions
-    from miniagents.tracing import TracingOptions
+    from miniagents.tracing._options import TracingOptions
 
 __all__ = ["TracingObserver", "global_provider_is_configured"]
 
@@ -127,5 +127,5 @@ class TracingObserver:
         return OpenToolSpan(self.tracer, self.capture_content, name, call_id, description, arguments)
 
     def _traces_current_context(self) -> bool:
-        context = current_context.get()
+        context = cast("MiniAgents | None", current_context.get())  # the ContextLike is the MiniAgents
         return context is not None and any(observer is self for observer in context.observers)

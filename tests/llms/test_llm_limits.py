@@ -10,8 +10,8 @@ import anyio
 import attrs
 import pytest
 
-from miniagents import AgentCallCancelledError, MiniAgents, RateLimit, RateLimiter, api_key_fingerprint
-from miniagents.llms import ServerError, anthropic_agent, openai_agent
+from miniagents import AgentCallCancelledError, MiniAgents, RateLimit, RateLimiter
+from miniagents.llms import ServerError, anthropic_agent, api_key_fingerprint, openai_agent
 from miniagents.testing.fake_llm_server import (
     FakeLLMServer,
     Gate,

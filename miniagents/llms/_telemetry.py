@@ -1,8 +1,9 @@
-"""What the runtime checks when tracing is off: one context variable.  No OpenTelemetry import here.
+"""The LLM layer's tracing hook: what a model request or a tool run asks of tracing.  No OpenTelemetry here.
 
-The tracing observer sets :data:`active_tracing` in the task of every call it traces (``call_running``), so the
-agent function, its child tasks and the LLM requests it makes see it.  Code that would create a span reads it
-once; ``None`` means "not traced" and nothing else happens.
+The LLM layer does not import the tracing plug-in; the plug-in's observer (``miniagents.tracing``) sets
+:data:`active_tracing` in the task of every call it traces (``call_running``), so the agent function, its child
+tasks and the LLM requests it makes see it.  Code that would create a span reads it once; ``None`` means "not
+traced" and nothing else happens.
 """
 
 from __future__ import annotations
