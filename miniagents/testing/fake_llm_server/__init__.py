@@ -42,8 +42,7 @@ import the public names from here.
 
 from __future__ import annotations
 
-import typing
-
+from miniagents._publish import publish
 from miniagents.testing.fake_llm_server._anthropic import anthropic_error, anthropic_stream
 from miniagents.testing.fake_llm_server._openai import openai_error, openai_stream
 from miniagents.testing.fake_llm_server._recorded import RecordedRequest
@@ -78,11 +77,4 @@ __all__ = [
     "responses_stream",
 ]
 
-for _name in __all__:
-    _exported = globals()[_name]
-    if isinstance(_exported, type):
-        # typing.get_type_hints() evaluates a class's string annotations in the module its __module__ names:
-        # evaluate them while that is still the defining module (functions keep their own __globals__).
-        _exported.__annotations__ = typing.get_type_hints(_exported)
-    _exported.__module__ = __name__
-del _name, _exported
+publish(globals())  # the public names report this module (see miniagents._publish)
