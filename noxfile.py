@@ -68,11 +68,7 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[test,examples,local]")
     session.run(
         "pytest",
-        "tests/test_examples.py",
-        "tests/test_example_rate_limits.py",
-        "tests/test_example_tracing.py",
-        "tests/test_example_cassettes.py",
-        "tests/test_example_web_service.py",
+        "tests/examples",
         "-p",
         "no:cacheprovider",
         *session.posargs,

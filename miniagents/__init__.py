@@ -8,7 +8,7 @@ The layer rule.  A module imports only modules of its own layer or of the layers
 ``miniagents._x``; a package stands for all of its modules), and no import, at module level, inside a
 function or under ``TYPE_CHECKING``, forms a cycle.  The lower layers name Protocols (``_scope.ContextLike``,
 ``_scope.CallLike``) instead of the concrete classes above them; the core reaches a plug-in only through the
-call-observer hook (``_observe``: the tracing plug-in is looked up by name).  ``tests/test_layers.py`` walks
+call-observer hook (``_observe``: the tracing plug-in is looked up by name).  ``tests/core/test_layers.py`` walks
 every import with ``ast`` and enforces this table, and checks that ``docs/architecture.md`` shows the same::
 
     layer  what                      modules

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import sys
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from llm_helpers import DEADLINE, collect, failure_of
 
 from miniagents import AgentCallCancelledError, MiniAgents
 from miniagents.llms import (
@@ -37,14 +37,10 @@ from miniagents.testing.fake_llm_server import (
     raw_response,
 )
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
-
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-SECRET-0123456789"
 FAST_RETRY = {"initial_delay": 0.01, "max_delay": 0.02}
-DEADLINE = 30  # generous bound for waiting on events that must happen; never a timing assertion
 
 
 def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
@@ -53,11 +49,6 @@ def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
 
 def ant(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
     return {"model": "claude-test", "base_url": server.anthropic_base_url, "api_key": KEY, **kwargs}
-
-
-async def collect(promise: Any, into: list[str]) -> None:
-    async for token in promise:
-        into.append(token)
 
 
 def secret_reachable(exc: BaseException, secret: str) -> list[str]:
@@ -82,18 +73,6 @@ def secret_reachable(exc: BaseException, secret: str) -> list[str]:
         for sub in getattr(current, "exceptions", ()) or ():
             todo.append((f"{where}.exceptions[]", sub))
     return found
-
-
-async def failure_of(replies: Any) -> BaseException:
-    """Await a reply sequence that must fail; return the exception (unwrapping a lone exception group)."""
-    with anyio.fail_after(DEADLINE):
-        try:
-            await replies
-        except BaseException as exc:
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            return exc
-    raise AssertionError("the call did not fail")
 
 
 PROVIDERS = [

@@ -1,4 +1,4 @@
-"""Issue #18: what the LLM agents do with an empty user turn, and where mistyped options are caught.
+"""What the LLM agents do with an empty user turn, and where mistyped options are caught.
 
 Empty input: user turns are sent as given.  OpenAI accepts an empty user ``content``, so ``inquire("")`` sends
 one; Anthropic rejects empty and whitespace-only text, so a user turn with no text raises ``LLMError`` naming
@@ -18,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_helpers import KEY, ant, oai
 
 from miniagents import InteractionContext, MiniAgent, MiniAgents, TextMessage
 from miniagents.llms import LLMError, anthropic_agent, openai_agent
@@ -33,16 +34,6 @@ from miniagents.testing.fake_llm_server import (
 from miniagents.testing.fake_llm_server._validation import _validate_anthropic
 
 pytestmark = pytest.mark.anyio
-
-KEY = "sk-test-0123456789"
-
-
-def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "gpt-test", "base_url": server.openai_base_url, "api_key": KEY, **kwargs}
-
-
-def ant(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "claude-test", "base_url": server.anthropic_base_url, "api_key": KEY, **kwargs}
 
 
 # -- an empty user turn -----------------------------------------------------------------------------------------

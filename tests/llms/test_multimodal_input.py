@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_helpers import ant, oai
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -40,7 +41,6 @@ from miniagents.tracing import TracingOptions
 
 pytestmark = pytest.mark.anyio
 
-KEY = "sk-test-0123456789"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(24))
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(8))
 GIF = b"GIF89a" + bytes(8)
@@ -51,14 +51,6 @@ CAT_URL = "https://example.com/cat.png"
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "gpt-test", "base_url": server.openai_base_url, "api_key": KEY, **kwargs}
-
-
-def ant(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "claude-test", "base_url": server.anthropic_base_url, "api_key": KEY, **kwargs}
 
 
 def mixed_message() -> TextMessage:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llm_helpers import KEY, ant, oai
 
 from miniagents import MiniAgents, TextMessage
 from miniagents.llms import ImagePart, LLMError, anthropic_agent, openai_agent, user_message
@@ -30,7 +31,6 @@ from miniagents.testing.fake_llm_server._validation import _validate_anthropic
 
 pytestmark = pytest.mark.anyio
 
-KEY = "sk-test-0123456789"
 EPHEMERAL = {"type": "ephemeral"}
 HOUR = {"type": "ephemeral", "ttl": "1h"}
 
@@ -43,14 +43,6 @@ async def lookup(term: str) -> str:
 async def define(word: str) -> str:
     """Define a word."""
     return f"{word}: defined"
-
-
-def ant(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "claude-test", "base_url": server.anthropic_base_url, "api_key": KEY, **kwargs}
-
-
-def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "gpt-test", "base_url": server.openai_base_url, "api_key": KEY, **kwargs}
 
 
 async def test_cache_system_marks_the_system_prompt_sent_as_a_text_block(server: FakeLLMServer) -> None:

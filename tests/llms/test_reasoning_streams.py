@@ -8,6 +8,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_helpers import DEADLINE
 
 from miniagents import Message, MiniAgents, TextMessage
 from miniagents.llms import BadRequestError, LLMError, OverloadedError, anthropic_agent, openai_agent
@@ -16,7 +17,6 @@ from miniagents.testing.fake_llm_server import FakeLLMServer, ToolCall, anthropi
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-key"
-DEADLINE = 30  # a bound for waiting on what must happen; never a timing assertion
 
 
 def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:

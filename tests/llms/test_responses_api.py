@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_helpers import DEADLINE, collect, failure_of
 
 from miniagents import AgentCallCancelledError, InteractionContext, MiniAgents, TextMessage, miniagent
 from miniagents.llms import (
@@ -37,13 +37,9 @@ from miniagents.testing import (
     responses_stream,
 )
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
-
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-SECRET-responses-0123456789"
-DEADLINE = 30  # generous bound for waiting on events that must happen; never a timing assertion
 
 
 def opts(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
@@ -54,23 +50,6 @@ def opts(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
         "api_key": KEY,
         **kwargs,
     }
-
-
-async def failure_of(awaitable: Any) -> BaseException:
-    """Await something that must fail; return the exception (unwrapping a lone exception group)."""
-    with anyio.fail_after(DEADLINE):
-        try:
-            await awaitable
-        except BaseException as exc:
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            return exc
-    raise AssertionError("it did not fail")
-
-
-async def collect(promise: Any, into: list[str]) -> None:
-    async for token in promise:
-        into.append(token)
 
 
 async def weather(city: str) -> str:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 from typing import Any
 
-import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from llm_helpers import failure_of
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,25 +31,11 @@ from miniagents.llms import (
 from miniagents.testing import FakeLLMServer, anthropic_error, openai_error, openai_stream, raw_response
 from miniagents.testing._cassette_format import normalise_target, secrets_of
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
-
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-live-ECHOED-0123456789abcdef"
 HELICONE = "sk-helicone-PROXY-9876543210"
 AZURE = "azure-subscription-key-ABCDEF123456"
-
-
-async def failure_of(replies: Any) -> BaseException:
-    with anyio.fail_after(30):
-        try:
-            await replies
-        except BaseException as exc:
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            return exc
-    raise AssertionError("the call did not fail")
 
 
 def everything_readable(error: BaseException) -> str:

@@ -12,14 +12,12 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import anyio
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llm_helpers import KEY, failure_of, oai
 
 from miniagents import MiniAgents
 from miniagents.llms import (
@@ -45,27 +43,7 @@ from miniagents.testing import (
     raw_response,
 )
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
-
 pytestmark = pytest.mark.anyio
-
-KEY = "sk-test-0123456789"
-
-
-def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:
-    return {"model": "gpt-test", "base_url": server.openai_base_url, "api_key": KEY, **kwargs}
-
-
-async def failure_of(replies: Any) -> BaseException:
-    with anyio.fail_after(30):
-        try:
-            await replies
-        except BaseException as exc:
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            return exc
-    raise AssertionError("the call did not fail")
 
 
 # -- URLs ---------------------------------------------------------------------------------------------------------

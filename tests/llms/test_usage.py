@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from llm_helpers import DEADLINE
 
 from miniagents import MiniAgents, TextMessage
 from miniagents.llms import (
@@ -33,7 +34,6 @@ from miniagents.testing.fake_llm_server import (
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-SECRET-usage-0123"
-DEADLINE = 30  # a bound for waiting on what must happen; never a timing assertion
 
 
 def oai(server: FakeLLMServer, **kwargs: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Exactly-once persistence in bounded memory (issue #18): the recent-key cache of a long-lived context.
+"""Exactly-once persistence in bounded memory: the recent-key cache of a long-lived context.
 
 A context whose only persistence handlers belong to stores that keep each message once by themselves
 (``deduplicates_by_hash_key``, e.g. ``SQLiteStore``) remembers a bounded number of recent hash keys; plain

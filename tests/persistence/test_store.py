@@ -1,4 +1,6 @@
-"""SQLiteStore: what it stores, how it reads back, and the guarantees of issue #6 (both anyio backends)."""
+"""SQLiteStore: what it stores, how it reads back, and its guarantees: everything stored exactly once when agents
+fail or are cancelled, a failing store never changes agent results, a slow one never slows agents (both anyio
+backends)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
-from tracing_helpers import Traces
+from tracing_helpers import KEY, Traces, adder
 
 from miniagents import AgentCallCancelledError, InteractionContext, MiniAgents, miniagent
 from miniagents.llms import LLMError, anthropic_agent, openai_agent
@@ -23,21 +23,6 @@ from miniagents.testing import (
 from miniagents.tracing import CAPTURE_CONTENT_ENV, TracingOptions
 
 pytestmark = pytest.mark.anyio
-
-#: A key that must never show up in a span, an attribute or an event.
-KEY = "sk-SENTINEL-d41d8cd98f00b204-NEVER-TRACED"
-
-
-@pytest.fixture(autouse=True)
-def _no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "OPENAI_BASE_URL",
-        "ANTHROPIC_BASE_URL",
-        CAPTURE_CONTENT_ENV,
-    ):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _assert_no_key(traces: Traces) -> None:
@@ -54,12 +39,6 @@ def _traceparent(request: RecordedRequest) -> tuple[int, int]:
 
 def _ids(span: ReadableSpan) -> tuple[int, int]:
     return span.context.trace_id, span.context.span_id
-
-
-@miniagent
-async def adder(ctx: InteractionContext, a: int, b: int = 0) -> None:
-    """Add two numbers."""
-    ctx.reply(f"sum={a + b}")
 
 
 async def test_llm_spans_nest_under_calls_and_tools_and_carry_the_trace_context(traces: Traces) -> None:
@@ -304,6 +283,32 @@ async def test_untraced_requests_carry_no_traceparent() -> None:
         async with MiniAgents(tracing=False):
             await openai_agent.inquire("hi", model="m", api_key=KEY, base_url=server.openai_base_url)
         assert "traceparent" not in server.requests[0].headers
+
+
+async def test_a_nested_untraced_context_makes_no_llm_spans_and_sends_no_traceparent(traces: Traces) -> None:
+    async with FakeLLMServer.serve() as server:
+        server.enqueue(openai_stream(["inner"]), openai_stream(["outer"]))
+
+        @miniagent
+        async def outer(ctx: InteractionContext) -> None:
+            async with MiniAgents(tracing=False):
+                inner = await openai_agent.inquire(
+                    "hi", model="inner-model", api_key=KEY, base_url=server.openai_base_url
+                )
+            ctx.reply(inner)
+            ctx.reply(
+                openai_agent.inquire("hi", model="outer-model", api_key=KEY, base_url=server.openai_base_url)
+            )
+
+        async with MiniAgents(tracing=traces.provider):
+            replies = await outer.inquire()
+        assert [str(r) for r in replies] == ["inner", "outer"]
+        requests = list(server.requests)
+    assert [json.loads(r.body)["model"] for r in requests] == ["inner-model", "outer-model"]
+    assert "traceparent" not in requests[0].headers  # the untraced context's request
+    assert "traceparent" in requests[1].headers
+    assert traces.named("chat inner-model") == []
+    assert len(traces.named("chat outer-model")) == 1
 
 
 async def test_a_slow_request_is_one_span_even_when_the_consumer_gives_up(traces: Traces) -> None:

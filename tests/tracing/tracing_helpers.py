@@ -1,4 +1,8 @@
-"""Reading the spans of a private SDK tracer provider that exports to memory."""
+"""Reading the spans of a private SDK tracer provider that exports to memory.
+
+Imported by its bare name: pytest (import mode ``prepend``) puts each test directory on
+``sys.path``, the directories not being packages, so every helper module's name is unique in the suite.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from miniagents import AgentCall, CallOutcome
+from miniagents import AgentCall, CallOutcome, InteractionContext, miniagent
+
+#: A key that must never show up in a span, an attribute or an event.
+KEY = "sk-SENTINEL-d41d8cd98f00b204-NEVER-TRACED"
 
 
 class Traces:
@@ -76,3 +83,9 @@ class Recorder:
         self, call: AgentCall, state: None, outcome: CallOutcome, error: BaseException | None
     ) -> None:
         self.outcomes[call.call_id].append(outcome)
+
+
+@miniagent
+async def adder(ctx: InteractionContext, a: int, b: int = 0) -> None:
+    """Add two numbers."""
+    ctx.reply(f"sum={a + b}")
