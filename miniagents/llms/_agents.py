@@ -115,8 +115,9 @@ _OPTIONS_DOC = """
     ``TextMessage(role="tool", tool_call_id=..., tool_name=..., is_error=...)``.  Every assistant message also
     has ``normalized_usage`` (this turn's :class:`~miniagents.llms.Usage` as a dict: ``input_tokens``,
     ``output_tokens``, ``total_tokens``, ``cache_read_tokens``, ``cache_write_tokens``, ``reasoning_tokens``,
-    ``requests``) and ``total_usage`` (the same for the whole call up to and including this turn, so the last
-    message has the call's total; ``Usage.of(message, total=True)`` reads it).  A turn that reasoned has
+    ``requests``) and ``total_usage`` (the same for the whole call up to and including this turn, so the call's
+    last assistant message has the call's total; tool results carry none; ``Usage.of(message, total=True)``
+    reads it).  A turn that reasoned has
     ``reasoning`` (the whole text) and, from Anthropic, ``thinking_blocks`` (the thinking and
     redacted_thinking blocks as the API sent them, sent back verbatim when the conversation continues).
 

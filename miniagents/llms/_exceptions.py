@@ -234,6 +234,13 @@ class OutputValidationError(LLMError):
         """The paths of the invalid values (``""`` for the whole answer)."""
         return tuple(path for path, _ in self.issues)
 
+    def redact(self, secrets: Sequence[str]) -> None:
+        """:meth:`LLMError.redact`, and the model's ``raw`` answer and the ``issues`` (which quote it) too."""
+        super().redact(secrets)
+        if secrets:
+            self.raw = redact_text(self.raw, secrets)
+            self.issues = tuple((path, redact_text(text, secrets)) for path, text in self.issues)
+
 
 class UsageLimitExceededError(LLMError):
     """The call's usage reached its ``usage_limit`` while the model asked for another round.

@@ -144,7 +144,9 @@ async def run_llm_agent(
                 "tool (rename it, or use output_mode='native')"
             )
         tools = (*tools, output.tool())
-        if opts.tool_choice is None:
+        if opts.tool_choice is None and not _thinks(opts):
+            # Forcing the tool is the reliable default; Anthropic refuses a forced tool choice while the model
+            # thinks, and then a text answer is asked again (the judge's feedback) instead.
             opts = attrs.evolve(opts, tool_choice="required")
     tools_by_name = {t.name: t for t in tools}
     failed_outputs = 0
@@ -163,7 +165,17 @@ async def run_llm_agent(
     while True:
         judge = output.judge() if output is not None else None
         message = await _model_turn(
-            ctx, spec, opts, tools, conversation, client, api_key, base_url, judge=judge, usage_before=usage
+            ctx,
+            spec,
+            opts,
+            tools,
+            conversation,
+            client,
+            api_key,
+            base_url,
+            agent_name=agent_name,
+            judge=judge,
+            usage_before=usage,
         )
         if message is None:  # failed after its tokens became visible: consumers get the error there
             return
@@ -175,24 +187,28 @@ async def run_llm_agent(
         if judge is not None and output is not None and (judge.accepted or judge.issues is not None):
             if judge.issues is not None:
                 failed_outputs += 1
-                if failed_outputs > output.retries:
+                if failed_outputs > output.retries or judge.refused:
                     raise _output_error(output, judge, failed_outputs, spec.name, message)
+                # Before the other tools of the turn run: past the limit, nothing more runs.
+                _check_usage(opts, agent_name, spec.name, usage, message, "another structured answer")
             feedback = await _output_feedback(judge, calls, tools_by_name, spec.name)
             for result in feedback:
-                if opts.reply_tool_messages:
+                # The accepted turn is always replied (it holds the output): so is its confirmation, so that
+                # the replies stay a complete exchange when they become a later conversation.
+                if opts.reply_tool_messages or judge.accepted:
                     ctx.reply(result)
                 else:
                     MiniAgents.current().persist(result)
             if judge.accepted:
                 return
-            _check_usage(opts, agent_name, spec.name, usage, message, "another structured answer")
             conversation.extend([message, *feedback])
             continue
         if not calls:
             return
         if rounds >= opts.max_tool_rounds:
             raise ToolRoundsExceededError(
-                f"the model asked for tools again after max_tool_rounds={opts.max_tool_rounds} rounds",
+                f"agent {agent_name!r}: the model asked for tools again after "
+                f"max_tool_rounds={opts.max_tool_rounds} rounds",
                 provider=spec.name,
                 request_id=message.get("request_id"),
             )
@@ -205,6 +221,14 @@ async def run_llm_agent(
             else:
                 MiniAgents.current().persist(result)
         conversation.extend([message, *results])
+
+
+def _thinks(opts: LLMOptions) -> bool:
+    """Whether the request enables (Anthropic) extended thinking."""
+    thinking = opts.thinking
+    if thinking is None:
+        return False
+    return not (isinstance(thinking, Mapping) and thinking.get("type") == "disabled")
 
 
 def _check_usage(
@@ -240,6 +264,7 @@ async def _model_turn(
     api_key: str,
     base_url: str,
     *,
+    agent_name: str,
     judge: OutputJudge | None = None,
     usage_before: Usage | None = None,
 ) -> Message | None:
@@ -251,7 +276,7 @@ async def _model_turn(
     """
     url, headers, body = spec.request(opts, conversation, tools, api_key, base_url)
     if judge is not None:
-        judge.spec.amend_request(spec.name, body)
+        judge.spec.amend_request("anthropic" if spec.name == "anthropic" else opts.api, body)
     if opts.extra_headers:
         headers.update(opts.extra_headers)
     secrets = request_secrets(url, headers, api_key)
@@ -273,7 +298,7 @@ async def _model_turn(
             if turn.message is None:
                 assert deadline.cancelled_caught
                 raise LLMTimeoutError(
-                    f"the model call took longer than timeout={opts.timeout} s",
+                    f"agent {agent_name!r}: the model call took longer than timeout={opts.timeout} s",
                     provider=spec.name,
                     request_id=turn.known.get("request_id"),
                 )

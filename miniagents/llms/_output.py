@@ -126,11 +126,15 @@ class OutputSpec:
             handler=handler,
         )
 
-    def amend_request(self, provider: str, body: dict[str, Any]) -> None:
-        """Add the provider's native structured-output field to a request *body* (``extra_body`` wins)."""
+    def amend_request(self, api: str, body: dict[str, Any]) -> None:
+        """Add the API's native structured-output field to a request *body* (``extra_body`` wins).
+
+        *api* is ``"chat_completions"`` (``response_format``), ``"responses"`` (``text.format``) or
+        ``"anthropic"`` (``output_config.format``).
+        """
         if self.mode != "native":
             return
-        if provider == "openai":
+        if api in ("chat_completions", "responses"):
             strict = strict_schema(self.schema)
             spec: dict[str, Any] = {
                 "name": self.name,
@@ -139,8 +143,13 @@ class OutputSpec:
             }
             if self.schema.get("description"):
                 spec["description"] = self.schema["description"]
-            body.setdefault("response_format", {"type": "json_schema", "json_schema": spec})
-        elif provider == "anthropic":
+            if api == "chat_completions":
+                body.setdefault("response_format", {"type": "json_schema", "json_schema": spec})
+            else:
+                text = dict(body.get("text") or {})
+                text.setdefault("format", {"type": "json_schema", **spec})
+                body["text"] = text
+        elif api == "anthropic":
             config = dict(body.get("output_config") or {})
             config.setdefault("format", {"type": "json_schema", "schema": closed_schema(self.schema)})
             body["output_config"] = config
@@ -164,12 +173,20 @@ class OutputJudge:
         self.issues: tuple[Issue, ...] | None = None
         self.raw = ""
         self.call_id: str | None = None
+        #: The model refused to answer (its ``refusal``): asking again is pointless, the call fails at once.
+        self.refused = False
 
     def __call__(self, fields: dict[str, Any], calls: Iterable[Any], text: str) -> None:
         """Judge a turn: its message *fields* (``output`` is added to them), tool *calls* and *text*."""
         calls = list(calls)
+        final = [c for c in calls if c.name == OUTPUT_TOOL_NAME] if self.spec.mode == "tool" else []
+        refusal = fields.get("refusal")
+        if not final and isinstance(refusal, str) and refusal:
+            self.raw = text or refusal
+            self.refused = True
+            self.issues = (Issue("", f"the model refused to answer: {refusal}"),)
+            return
         if self.spec.mode == "tool":
-            final = [c for c in calls if c.name == OUTPUT_TOOL_NAME]
             if final:
                 self.call_id = final[0].id
                 self._check(final[0].arguments, fields)
@@ -185,6 +202,10 @@ class OutputJudge:
                 )
             return
         if calls:
+            return
+        if fields.get("finish_reason") in _CUT_OFF:
+            self.raw = text
+            self.issues = (Issue("", "the answer was cut off by the token limit (raise max_tokens)"),)
             return
         self._check(text, fields)
 
@@ -225,6 +246,8 @@ class OutputJudge:
 
 
 _EMPTY: Any = object()
+#: Finish reasons of a turn cut off by the token limit (OpenAI, Anthropic).
+_CUT_OFF = frozenset({"length", "max_tokens"})
 
 
 def _strip_fence(text: str) -> str:

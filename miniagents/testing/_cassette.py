@@ -451,7 +451,7 @@ class Cassette:
 
     async def _handle(self, transport: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
-        secrets = secrets_of(request.headers.items())
+        secrets = secrets_of(request.headers.items(), str(request.url))
         key = self._key(request, body, secrets)
         if self.active_mode in ("replay", "record-missing"):
             index, problem = self._claim(key)
@@ -524,7 +524,7 @@ class Cassette:
                 request.method,
                 request.path,
                 request.body,
-                secrets=secrets_of(request.headers.items()),
+                secrets=secrets_of(request.headers.items(), request.path),
                 ignore_fields=self.ignore_fields,
                 normalise=self.normalise,
             )

@@ -37,7 +37,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import attrs
 
-from miniagents._secrets import REDACTED, is_secret_name, secret_values
+from miniagents._secrets import REDACTED, is_secret_name, secret_query_values, secret_values
+from miniagents._secrets import redact_text as _redact_text
 from miniagents.llms._sse import SSEDecoder
 
 __all__ = [
@@ -104,25 +105,28 @@ class CassetteMismatchError(CassetteError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Secrets and normalisation
-def secrets_of(headers: Iterable[tuple[str, str]]) -> tuple[str, ...]:
-    """The secret values in request *headers* (with and without an auth scheme such as ``Bearer``)."""
-    return secret_values(headers, min_length=_MIN_SECRET)
+def secrets_of(headers: Iterable[tuple[str, str]], url: str = "") -> tuple[str, ...]:
+    """The secrets of a request, longest first.
+
+    Its secret headers' values (also without an auth scheme such as ``Bearer``) and its secret query
+    parameters' values (an Azure ``?api-key=``).
+    """
+    found = {*secret_values(headers, min_length=_MIN_SECRET), *secret_query_values(url)}
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True))
 
 
 def redact_text(text: str, secrets: Sequence[str]) -> str:
-    """Replace every occurrence of the *secrets* in *text* with ``<redacted>``."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    """Replace every occurrence of the *secrets* in *text* (plain, JSON- or repr-escaped) with ``<redacted>``."""
+    return _redact_text(text, secrets)
 
 
 def redact_bytes(data: bytes, secrets: Sequence[str]) -> bytes:
-    """Replace every occurrence of the *secrets* (UTF-8) in *data* with ``<redacted>``."""
+    """Replace every occurrence of the *secrets* (UTF-8; plain, JSON- or repr-escaped) with ``<redacted>``."""
     for secret in secrets:
-        raw = secret.encode("utf-8")
-        if raw in data:
-            data = data.replace(raw, REDACTED.encode())
+        for form in {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}:
+            raw = form.encode("utf-8")
+            if raw and raw in data:
+                data = data.replace(raw, REDACTED.encode())
     return data
 
 

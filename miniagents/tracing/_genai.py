@@ -19,7 +19,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from miniagents.llms._common import message_role, tool_calls_of
+from miniagents.llms._common import is_reasoning_message, message_role, tool_calls_of
 from miniagents.llms._parts import DocumentPart, ImagePart, message_parts
 
 if TYPE_CHECKING:
@@ -67,7 +67,12 @@ def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
             "response": content,
         }
         return role, [part]
-    parts: list[dict[str, Any]] = [{"type": "text", "content": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning") if role == "assistant" else None
+    if isinstance(reasoning, str) and reasoning:
+        parts.append({"type": "reasoning", "content": reasoning})
+    if content:
+        parts.append({"type": "text", "content": content})
     items = message_parts(message)
     if items:
         parts.extend(_content_part(item) for item in items)
@@ -199,6 +204,8 @@ class OpenChatSpan(_EndedOnce):
             attributes["gen_ai.request.top_p"] = float(options.top_p)
         if options.stop:
             attributes["gen_ai.request.stop_sequences"] = list(options.stop)
+        if options.output_type is not None and options.output_mode == "native":
+            attributes["gen_ai.output.type"] = "json"  # the request asks for a JSON answer
         if capture_content:
             if options.system:
                 attributes["gen_ai.system_instructions"] = _json(
@@ -206,6 +213,8 @@ class OpenChatSpan(_EndedOnce):
                 )
             messages = []
             for message in conversation:
+                if is_reasoning_message(message):
+                    continue  # streamed reasoning is not sent: the request's messages are what is recorded
                 role, parts = _parts(message)
                 if parts:
                     messages.append({"role": role, "parts": parts})

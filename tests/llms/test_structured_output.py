@@ -250,10 +250,15 @@ async def test_other_tools_still_run_and_calls_next_to_the_result_are_not_run(se
     assert await output_of(replies, City) == City("Paris", 2100000)
 
 
-async def test_the_output_turn_is_replied_even_without_tool_messages(server: FakeLLMServer) -> None:
+async def test_the_output_turn_and_its_confirmation_are_replied_even_without_tool_messages(
+    server: FakeLLMServer,
+) -> None:
+    """The accepted turn holds the output, and with its confirmation the replies stay a complete exchange."""
     server.enqueue(openai_stream(tool_calls=final(CITY_JSON)))
     replies = await ask("openai", server, output_type=City, reply_tool_messages=False)
-    assert len(replies) == 1 and replies[0].output["population"] == 2100000
+    assert [m.get("role") for m in replies] == ["assistant", "tool"]
+    assert replies[0].output["population"] == 2100000
+    assert replies[1].tool_call_id == replies[0].tool_calls[0]["id"]
 
 
 async def test_a_tool_named_final_result_conflicts(server: FakeLLMServer) -> None:

@@ -395,6 +395,9 @@ def _validate_anthropic_thinking(body: Mapping[str, Any], messages: list[Any]) -
         return "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'"
     if thinking["type"] == "disabled":
         return None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1024:
         return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
@@ -424,6 +427,10 @@ _RESPONSES_UNSUPPORTED = {
         "Unsupported parameter: 'max_completion_tokens'. In the Responses API it is 'max_output_tokens'."
     ),
     "stop": "Unsupported parameter: 'stop'.",
+    "response_format": (
+        "Unsupported parameter: 'response_format'. In the Responses API, this parameter has moved to "
+        "'text.format'."
+    ),
 }
 
 
