@@ -29,7 +29,7 @@ Two ways to use it:
 Tool calls: the base model calls a tool only when forced.  ``tool_choice="required"`` forces a call of one
 of ``tools``; ``tool_choice="NAME"`` forces that tool (llama.cpp's server knows only ``"auto"``, ``"none"`` and
 ``"required"``, so the local agent sends just that tool, with ``"required"``).  The server makes one call per
-turn (see :data:`miniagents.llms._local_server.GEMMA_CHAT_TEMPLATE`).
+turn (see :data:`miniagents.llms._local_model.GEMMA_CHAT_TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from miniagents import InteractionContext, MiniAgent, MiniAgents
 from miniagents.llms._agents import openai_agent
 from miniagents.llms._common import OPTION_NAMES, check_options, unknown_names_message
 from miniagents.llms._http import DEFAULT_TIMEOUT
-from miniagents.llms._local_server import _REMOVED_KINDS, DEFAULT_MODEL_ALIAS, LocalLLMServer
+from miniagents.llms._local_model import DEFAULT_MODEL_ALIAS
+from miniagents.llms._local_server import _REMOVED_KINDS, LocalLLMServer
 from miniagents.llms._tools import as_tools
 
 __all__ = [
@@ -70,7 +71,7 @@ server as ``"gemma"``.
 
 It named the llama-cpp-python chat format that could emit tool calls, which needed a second server.  The
 one server now runs a Gemma template that carries tool calls (see
-:data:`miniagents.llms._local_server.GEMMA_CHAT_TEMPLATE`), so chat and tools share it and ``chat_format``
+:data:`miniagents.llms._local_model.GEMMA_CHAT_TEMPLATE`), so chat and tools share it and ``chat_format``
 selects nothing.
 """
 

