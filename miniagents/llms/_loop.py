@@ -88,10 +88,13 @@ class _Turn:
         self.reasoning_writers: list[MessageWriter] = []
 
     def send(self, token: str) -> None:
-        """Stream one token of the turn's text."""
+        """Stream one token of the turn's text (the hot path: one call per token)."""
+        writer = self.writer
+        if writer is None or self.reasoning_writer is not None:
+            writer = self.open()
         if self.judge is not None:
             self._tokens.append(token)
-        self.open().send(token)
+        writer.send(token)
 
     def text(self) -> str:
         """The text streamed so far (known only when the turn has a judge)."""
@@ -478,10 +481,14 @@ def _reasoning_source(decoder: StreamDecoder) -> Callable[[], list[str]] | None:
 def _emit(turn: _Turn, tokens: list[str], take_reasoning: Callable[[], list[str]] | None) -> None:
     """Stream one event's tokens: its reasoning first, then its text."""
     if take_reasoning is not None:
-        for token in take_reasoning():
-            turn.reason(token)
-    for token in tokens:
-        turn.send(token)
+        reasoning = take_reasoning()
+        if reasoning:
+            for token in reasoning:
+                turn.reason(token)
+    if tokens:
+        send = turn.send
+        for token in tokens:
+            send(token)
 
 
 def _decode(provider: str, request_id: str | None, step: Callable[..., _T], *args: Any) -> _T:
