@@ -16,8 +16,8 @@ from miniagents.llms._common import (
     message_role,
     tool_calls_of,
 )
-from miniagents.llms._exceptions import LLMError, MalformedResponseError, TruncatedStreamError
-from miniagents.llms._http import build_status_error
+from miniagents.llms._decoding import EventDecoder
+from miniagents.llms._exceptions import LLMError
 from miniagents.llms._parts import (
     DocumentPart,
     ImagePart,
@@ -33,7 +33,6 @@ __all__ = ["AnthropicDecoder", "AnthropicSpec", "anthropic_content_block", "chec
 
 #: ``max_tokens`` is required by the Messages API; this is sent when the caller gives none.
 DEFAULT_MAX_TOKENS = 4096
-_NOT_JSON: Any = object()
 #: The block type of the marker of an empty user message while the turns are built (never sent).
 _BLANK_USER = "miniagents:blank_user_text"
 
@@ -396,7 +395,7 @@ class _Block:
         self.data = start
 
 
-class AnthropicDecoder:
+class AnthropicDecoder(EventDecoder):
     """Decode Messages stream events.
 
     Text comes from ``text_delta``; ``tool_use`` inputs are assembled from ``input_json_delta`` fragments per
@@ -407,39 +406,25 @@ class AnthropicDecoder:
     ``error`` event raises the typed error at once.  The stream is complete only after ``message_stop``.
     """
 
+    provider = "anthropic"
+    terminal = "message_stop"
+    request_id_header = "request-id"
+
     def __init__(self, *, model: str, request_id: str | None) -> None:
-        self._fields: dict[str, Any] = {"model": model}
-        self._request_id = request_id
+        super().__init__(model=model, request_id=request_id)
         self._blocks: dict[int, _Block] = {}
         self._usage: dict[str, Any] = {}
         self._stop_reason: str | None = None
-        self._done = False
-        self._reasoning: list[str] = []
-        self._reasoning_taken = 0
         self._thinking_blocks = 0
-
-    @property
-    def finished(self) -> bool:
-        """Whether ``message_stop`` arrived."""
-        return self._done
 
     def feed(self, event: ServerSentEvent) -> list[str]:
         """Consume one event; return its text tokens."""
-        if self._done:
-            return []
-        try:
-            payload: Any = json.loads(event.data) if event.data else {}
-        except ValueError:
-            payload = _NOT_JSON
-        if payload is _NOT_JSON:  # raised outside the except block: no __context__
-            raise self._malformed(f"not JSON: {event.data[:200]!r}")
-        if not isinstance(payload, dict):
+        payload = self._event_object(event.data)
+        if payload is None:
             return []
         kind = event.event if event.event != "message" else payload.get("type", "")
         if kind == "error" or payload.get("type") == "error":
-            raise build_status_error(
-                None, {"request-id": self._request_id or ""}, event.data.encode(), provider="anthropic"
-            )
+            raise self._error_event(event.data)
         if kind == "message_start":
             message = self._object(payload, "message")
             if isinstance(message.get("id"), str) and message["id"]:
@@ -493,17 +478,6 @@ class AnthropicDecoder:
             self._done = True
         return []
 
-    def take_reasoning(self) -> list[str]:
-        """Return the reasoning tokens decoded since the last call (see :class:`ReasoningDecoder`)."""
-        fresh = self._reasoning[self._reasoning_taken :]
-        self._reasoning_taken = len(self._reasoning)
-        return fresh
-
-    def _malformed(self, detail: str) -> MalformedResponseError:
-        return MalformedResponseError(
-            f"malformed stream event ({detail})", provider="anthropic", request_id=self._request_id
-        )
-
     def _object(self, payload: dict[str, Any], key: str) -> dict[str, Any]:
         value = payload.get(key) or {}
         if not isinstance(value, dict):
@@ -516,12 +490,7 @@ class AnthropicDecoder:
             raise self._malformed(f"index is not an integer: {index!r:.200}")
         return index
 
-    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
-        """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
-        if not self._done:
-            raise TruncatedStreamError(
-                "the stream ended without message_stop", provider="anthropic", request_id=self._request_id
-            )
+    def _result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         fields = dict(self._fields)
         fields["finish_reason"] = self._stop_reason
         if self._usage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +14,7 @@ from miniagents.llms._common import (
     message_role,
     tool_calls_of,
 )
-from miniagents.llms._exceptions import MalformedResponseError, TruncatedStreamError
-from miniagents.llms._http import build_status_error
+from miniagents.llms._decoding import EventDecoder
 from miniagents.llms._parts import DocumentPart, ImagePart, Part, checked_parts, data_url, part_error
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -24,7 +22,6 @@ from miniagents.llms._tools import Tool
 __all__ = ["OpenAIDecoder", "OpenAISpec"]
 
 _PASS_THROUGH_ROLES = frozenset({"system", "developer", "user"})
-_NOT_JSON: Any = object()
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -217,7 +214,7 @@ class _PartialCall:
         self.arguments: list[str] = []
 
 
-class OpenAIDecoder:
+class OpenAIDecoder(EventDecoder):
     """Decode ``chat.completion.chunk`` events.
 
     Text comes from ``delta.content`` (choice 0).  Tool-call fragments are assembled per ``index``: ``id`` and
@@ -228,20 +225,14 @@ class OpenAIDecoder:
     servers that send both with the same text are read once.
     """
 
+    provider = "openai"
+    terminal = "[DONE]"
+
     def __init__(self, *, model: str, request_id: str | None) -> None:
-        self._fields: dict[str, Any] = {"model": model}
-        self._request_id = request_id
+        super().__init__(model=model, request_id=request_id)
         self._calls: dict[int, _PartialCall] = {}
         self._refusal: list[str] = []
-        self._reasoning: list[str] = []
-        self._reasoning_taken = 0
         self._finish_reason: str | None = None
-        self._done = False
-
-    @property
-    def finished(self) -> bool:
-        """Whether ``[DONE]`` arrived."""
-        return self._done
 
     def feed(self, event: ServerSentEvent) -> list[str]:
         """Consume one event; return its text tokens."""
@@ -251,18 +242,11 @@ class OpenAIDecoder:
         if data.strip() == "[DONE]":
             self._done = True
             return []
-        try:
-            chunk: Any = json.loads(data)
-        except ValueError:
-            chunk = _NOT_JSON
-        if chunk is _NOT_JSON:  # raised outside the except block: no __context__
-            raise self._malformed(f"not JSON: {data[:200]!r}")
+        chunk = self._json(data)
         if not isinstance(chunk, dict):
             return []
         if chunk.get("error"):
-            raise build_status_error(
-                None, {"x-request-id": self._request_id or ""}, data.encode(), provider="openai"
-            )
+            raise self._error_event(data)
         if chunk.get("id"):
             self._fields["response_id"] = chunk["id"]
         if chunk.get("model"):
@@ -302,17 +286,6 @@ class OpenAIDecoder:
                 self._finish_reason = finish_reason
         return tokens
 
-    def take_reasoning(self) -> list[str]:
-        """Return the reasoning tokens decoded since the last call (see :class:`ReasoningDecoder`)."""
-        fresh = self._reasoning[self._reasoning_taken :]
-        self._reasoning_taken = len(self._reasoning)
-        return fresh
-
-    def _malformed(self, detail: str) -> MalformedResponseError:
-        return MalformedResponseError(
-            f"malformed stream event ({detail})", provider="openai", request_id=self._request_id
-        )
-
     def _tool_fragment(self, fragment: Any) -> None:
         if not isinstance(fragment, dict):
             raise self._malformed(f"a tool call fragment is not an object: {fragment!r:.200}")
@@ -333,13 +306,11 @@ class OpenAIDecoder:
         if isinstance(arguments, str):
             call.arguments.append(arguments)
 
-    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
-        """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
-        if not self._done or self._finish_reason is None:
-            missing = "[DONE]" if self._finish_reason is not None else "a finish_reason"
-            raise TruncatedStreamError(
-                f"the stream ended without {missing}", provider="openai", request_id=self._request_id
-            )
+    def _missing(self) -> str | None:
+        """A complete stream has a ``finish_reason`` and ``[DONE]``."""
+        return "a finish_reason" if self._finish_reason is None else super()._missing()
+
+    def _result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         fields = dict(self._fields)
         fields["finish_reason"] = self._finish_reason
         if self._refusal:

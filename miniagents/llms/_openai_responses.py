@@ -8,7 +8,6 @@ are kept in the message's ``reasoning`` field (the reasoning items themselves in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,12 +20,8 @@ from miniagents.llms._common import (
     message_role,
     tool_calls_of,
 )
-from miniagents.llms._exceptions import (
-    APIStatusError,
-    MalformedResponseError,
-    TruncatedStreamError,
-    error_class_for,
-)
+from miniagents.llms._decoding import EventDecoder
+from miniagents.llms._exceptions import APIStatusError, error_class_for
 from miniagents.llms._openai import openai_content_part
 from miniagents.llms._parts import checked_parts
 from miniagents.llms._sse import ServerSentEvent
@@ -34,7 +29,6 @@ from miniagents.llms._tools import Tool
 
 __all__ = ["ResponsesDecoder", "ResponsesSpec", "responses_input"]
 
-_NOT_JSON: Any = object()
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
 _NOT_USER_ROLES = frozenset({"assistant", "tool"}) | _INSTRUCTION_ROLES
 #: ``incomplete_details.reason`` of an incomplete response → the ``finish_reason`` the other adapters report.
@@ -267,7 +261,7 @@ class _Item:
         return {"type": "reasoning", "id": self.id, "summary": summary}
 
 
-class ResponsesDecoder:
+class ResponsesDecoder(EventDecoder):
     """Decode the semantic events of a streamed response (``event: <type>``, the same ``type`` in the data).
 
     ``response.output_text.delta`` deltas are the tokens; output items are tracked by ``output_index`` (then
@@ -279,43 +273,23 @@ class ResponsesDecoder:
     Unknown events are ignored.
     """
 
+    provider = "openai"
+    #: ``_finish`` sets ``_finish_reason`` whenever it sets ``_done``: the terminal event is all that can lack.
+    terminal = "response.completed (or response.incomplete)"
+
     def __init__(self, *, model: str, request_id: str | None) -> None:
-        self._fields: dict[str, Any] = {"model": model}
-        self._request_id = request_id
+        super().__init__(model=model, request_id=request_id)
         self._items: dict[int, _Item] = {}
         self._refusal: list[str] = []
         self._finish_reason: str | None = None
-        self._done = False
-        self._reasoning: list[str] = []  # the summary deltas as reasoning tokens (parts joined by "\n\n")
-        self._reasoning_taken = 0
+        # The reasoning tokens are the summary deltas: a new summary part (or a part of another reasoning
+        # item) starts with a blank-line token, so that the tokens joined are the message's reasoning field.
         self._reasoning_part: tuple[int, int] | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether ``response.completed`` / ``response.incomplete`` arrived."""
-        return self._done
-
-    def take_reasoning(self) -> list[str]:
-        """The reasoning-summary tokens decoded since the last call (see ``ReasoningDecoder``).
-
-        A new summary part (or a part of another reasoning item) starts with a blank-line token, so that the
-        tokens joined are the message's ``reasoning`` field.
-        """
-        fresh = self._reasoning[self._reasoning_taken :]
-        self._reasoning_taken = len(self._reasoning)
-        return fresh
 
     def feed(self, event: ServerSentEvent) -> list[str]:
         """Consume one event; return its text tokens."""
-        if self._done:
-            return []
-        try:
-            payload: Any = json.loads(event.data) if event.data else {}
-        except ValueError:
-            payload = _NOT_JSON
-        if payload is _NOT_JSON:  # raised outside the except block: no __context__
-            raise self._malformed(f"not JSON: {event.data[:200]!r}")
-        if not isinstance(payload, dict):
+        payload = self._event_object(event.data)
+        if payload is None:
             return []
         kind = payload.get("type")
         if not isinstance(kind, str) or not kind:
@@ -417,11 +391,6 @@ class ResponsesDecoder:
             body=dict(body),
         )
 
-    def _malformed(self, detail: str) -> MalformedResponseError:
-        return MalformedResponseError(
-            f"malformed stream event ({detail})", provider="openai", request_id=self._request_id
-        )
-
     def _object(self, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = payload.get(key) or {}
         if not isinstance(value, dict):
@@ -459,14 +428,7 @@ class ResponsesDecoder:
                 return item
         return None
 
-    def result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
-        """Return the message fields and the tool calls; raise :class:`TruncatedStreamError` when cut short."""
-        if not self._done or self._finish_reason is None:
-            raise TruncatedStreamError(
-                "the stream ended without response.completed (or response.incomplete)",
-                provider="openai",
-                request_id=self._request_id,
-            )
+    def _result(self) -> tuple[dict[str, Any], list[ToolCallRecord]]:
         fields = dict(self._fields)
         fields["finish_reason"] = self._finish_reason
         if self._refusal:

@@ -11,9 +11,8 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from miniagents._frozen import FrozenDict
 from miniagents._messages import Message
-from miniagents._records import CallOutcome
+from miniagents._records import CallFields, CallOutcome
 from miniagents.persistence._codec import decode_kwargs, decode_row, unpack_ids
 from miniagents.persistence._schema import SCHEMA_VERSION, SchemaVersionError, key_prefix, schema_version
 
@@ -44,21 +43,14 @@ CallRef = tuple[str, int] | CallAddress
 
 
 @attrs.frozen(kw_only=True)
-class StoredCall:
+class StoredCall(CallFields):
     """A finished agent call as stored: the :class:`~miniagents.CallRecord` fields without the messages.
 
     ``key`` (``(run_id, call_id)``) addresses it in :meth:`StoreReader.replies`, :meth:`StoreReader.inputs`
     and :meth:`StoreReader.children`; ``parent_call_id`` is a call id of the same run.
     """
 
-    run_id: str
-    call_id: int
-    parent_call_id: int | None
-    agent_alias: str
-    kwargs: FrozenDict[str, Any]
-    started_at: float
-    finished_at: float
-    outcome: CallOutcome
+    # Always read from the store, so without the defaults CallFields gives them.
     error_type: str | None
     error: str | None
 
