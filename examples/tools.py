@@ -4,10 +4,11 @@
 description and typed keyword parameters are the JSON schema.  The tool calls of one turn run concurrently,
 and every turn, tool call and tool result is a message that streams to us.
 
-The two questions below are asked at the same time.  With a real provider the model decides which tool to call
-(`tool_choice="auto"`).  The small local model would rather not call any, so there we force the tool meant for
-each question; it then keeps calling tools forever, so `max_tool_rounds=1` stops it after one round (the
-example reports that instead of crashing).
+With a real provider the two questions below are asked at the same time and the model decides which tool to
+call (`tool_choice="auto"`).  The small local model would rather not call any, so there we force the tool meant
+for each question, at temperature 0 and one question after the other (two requests batched together on the
+local server do not give the same tokens twice); it then keeps calling tools forever, so `max_tool_rounds=1`
+stops it after one round (the example reports that instead of crashing).
 
 Run it:  python examples/tools.py [--root DIR] [--provider local|openai|anthropic]
 """
@@ -122,9 +123,16 @@ async def main(args: argparse.Namespace) -> None:
     async def run(question: str, tool: str) -> None:
         transcripts[question] = await ask(assistant, question, tool, local=args.provider == "local")
 
-    async with MiniAgents(), anyio.create_task_group() as tg:  # both questions at once
-        for question, tool in questions:
-            tg.start_soon(run, question, tool)
+    async with MiniAgents():
+        if args.provider == "local":
+            # One at a time: at temperature 0 a request alone on the server is deterministic, two batched
+            # together are not (the tiny model's tool arguments then vary, and may outgrow --max-tokens).
+            for question, tool in questions:
+                await run(question, tool)
+        else:
+            async with anyio.create_task_group() as tg:  # both questions at once
+                for question, tool in questions:
+                    tg.start_soon(run, question, tool)
     for question, _ in questions:
         print("\n".join(transcripts[question]))
 
