@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from miniagents.llms._tools import Tool
 
 __all__ = ["OpenAIDecoder", "OpenAISpec"]
 
+_loads = json.loads
+_NOT_JSON: Any = object()
 _PASS_THROUGH_ROLES = frozenset({"system", "developer", "user"})
 
 
@@ -239,52 +242,64 @@ class OpenAIDecoder(EventDecoder):
         if self._done:
             return []
         data = event.data
-        if data.strip() == "[DONE]":
+        if data[-1:] != "}" and data.strip() == "[DONE]":  # a chunk ends with "}": no strip() per token
             self._done = True
             return []
-        chunk = self._json(data)
-        if not isinstance(chunk, dict):
+        try:
+            chunk: Any = _loads(data)
+        except ValueError:
+            chunk = _NOT_JSON
+        if chunk is _NOT_JSON:  # raised outside the except block: no __context__
+            raise self._malformed(f"not JSON: {data[:200]!r}")
+        if chunk.__class__ is not dict:
             return []
         if chunk.get("error"):
             raise self._error_event(data)
+        fields = self._fields
         if chunk.get("id"):
-            self._fields["response_id"] = chunk["id"]
+            fields["response_id"] = chunk["id"]
         if chunk.get("model"):
-            self._fields["model"] = chunk["model"]
+            fields["model"] = chunk["model"]
         if chunk.get("system_fingerprint"):
-            self._fields["system_fingerprint"] = chunk["system_fingerprint"]
-        if isinstance(chunk.get("usage"), dict):
-            self._fields["usage"] = chunk["usage"]
+            fields["system_fingerprint"] = chunk["system_fingerprint"]
+        usage = chunk.get("usage")
+        if usage.__class__ is dict:
+            fields["usage"] = usage
         choices = chunk.get("choices") or []
-        if not isinstance(choices, list):
+        if choices.__class__ is not list:
             raise self._malformed(f"choices is not a list: {choices!r:.200}")
         tokens: list[str] = []
         for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            if choice.__class__ is not dict or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
+            if delta.__class__ is not dict:
                 raise self._malformed(f"delta is not an object: {delta!r:.200}")
-            reasoning = delta.get("reasoning_content")
-            if not isinstance(reasoning, str) or not reasoning:
-                reasoning = delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._reasoning.append(reasoning)
             content = delta.get("content")
-            if isinstance(content, str) and content:
+            if len(delta) != 1 or content.__class__ is not str:
+                self._other_delta(delta)  # reasoning, refusal, tool calls: not the one-token hot path
+            if content.__class__ is str and content:
                 tokens.append(content)
-            refusal = delta.get("refusal")
-            if isinstance(refusal, str) and refusal:
-                self._refusal.append(refusal)
-            fragments = delta.get("tool_calls") or []
-            if not isinstance(fragments, list):
-                raise self._malformed(f"delta.tool_calls is not a list: {fragments!r:.200}")
-            for fragment in fragments:
-                self._tool_fragment(fragment)
             finish_reason = choice.get("finish_reason")
-            if isinstance(finish_reason, str) and finish_reason:
+            if finish_reason.__class__ is str and finish_reason:
                 self._finish_reason = finish_reason
         return tokens
+
+    def _other_delta(self, delta: dict[str, Any]) -> None:
+        """What a delta holds besides its text: reasoning, a refusal, tool-call fragments."""
+        reasoning = delta.get("reasoning_content")
+        if not isinstance(reasoning, str) or not reasoning:
+            reasoning = delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            self._reasoning.append(reasoning)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self._refusal.append(refusal)
+        fragments = delta.get("tool_calls") or []
+        if not isinstance(fragments, list):
+            raise self._malformed(f"delta.tool_calls is not a list: {fragments!r:.200}")
+        for fragment in fragments:
+            self._tool_fragment(fragment)
 
     def _tool_fragment(self, fragment: Any) -> None:
         if not isinstance(fragment, dict):

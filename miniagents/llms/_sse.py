@@ -88,6 +88,7 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         start = 0
         n = len(text)
+        limit = self._max_line_length
         # Only the new text is searched: the pending pieces hold no line end.
         cr = text.find("\r")
         lf = text.find("\n")
@@ -106,15 +107,16 @@ class SSEDecoder:
                 line = "".join(self._pending) + line
                 self._pending = []
                 self._pending_length = 0
-            else:
-                self._check_length(len(line))
+            elif end - start > limit:
+                self._check_length(end - start)
             event = self._line(line)
             if event is not None:
                 events.append(event)
             start = next_start
-            if cr < start:
+            # A terminator not found once is not found again further on: no re-scan of the rest.
+            if 0 <= cr < start:
                 cr = text.find("\r", start)
-            if lf < start:
+            if 0 <= lf < start:
                 lf = text.find("\n", start)
         if start < n:
             self._pending.append(text[start:])
