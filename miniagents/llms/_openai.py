@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from miniagents._frozen import thaw
@@ -146,8 +146,8 @@ def openai_content_part(part: Part, agent: str, position: int, index: int) -> di
     }
 
 
-class OpenAISpec:
-    """The OpenAI Chat Completions provider."""
+class OpenAIFamily:
+    """What OpenAI's two APIs share: the provider settings, the sampling options and the end of a request."""
 
     name = "openai"
     api_key_env = "OPENAI_API_KEY"
@@ -157,6 +157,39 @@ class OpenAISpec:
     def __init__(self, *, agent: str = "openai_agent") -> None:
         #: The alias of the agent whose requests these are (named in input errors).
         self.agent = agent
+
+    @staticmethod
+    def _sampling(options: LLMOptions, body: dict[str, Any]) -> None:
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+
+    @staticmethod
+    def _finish(
+        options: LLMOptions,
+        body: dict[str, Any],
+        tools: list[dict[str, Any]],
+        tool_choice: Callable[[Any], Any],
+        api_key: str,
+        url: str,
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Add the tools (and their choice), then ``extra_body`` (which wins), and the key's header."""
+        if tools:
+            body["tools"] = tools
+            if options.tool_choice is not None:
+                body["tool_choice"] = tool_choice(options.tool_choice)
+            if options.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = options.parallel_tool_calls
+        if options.extra_body:
+            body.update(thaw(options.extra_body))
+        # No key, no header: local OpenAI-compatible servers often need none (the server decides: 401).
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        return url, headers, body
+
+
+class OpenAISpec(OpenAIFamily):
+    """The OpenAI Chat Completions provider."""
 
     def request(
         self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
@@ -173,35 +206,21 @@ class OpenAISpec:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if options.temperature is not None:
-            body["temperature"] = options.temperature
-        if options.top_p is not None:
-            body["top_p"] = options.top_p
+        self._sampling(options, body)
         if options.max_tokens is not None:
             body["max_completion_tokens"] = options.max_tokens
         if options.stop:
             body["stop"] = list(options.stop)
-        if tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": thaw(t.parameters),
-                    },
-                }
-                for t in tools
-            ]
-            if options.tool_choice is not None:
-                body["tool_choice"] = _tool_choice(options.tool_choice)
-            if options.parallel_tool_calls is not None:
-                body["parallel_tool_calls"] = options.parallel_tool_calls
-        if options.extra_body:
-            body.update(thaw(options.extra_body))
-        # No key, no header: local OpenAI-compatible servers often need none (the server decides: 401).
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        return endpoint_url(base_url, "chat/completions"), headers, body
+        functions = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": thaw(t.parameters)},
+            }
+            for t in tools
+        ]
+        return self._finish(
+            options, body, functions, _tool_choice, api_key, endpoint_url(base_url, "chat/completions")
+        )
 
     def decoder(self, options: LLMOptions, request_id: str | None) -> OpenAIDecoder:
         """Return a decoder for one stream."""

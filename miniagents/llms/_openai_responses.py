@@ -22,7 +22,7 @@ from miniagents.llms._common import (
 )
 from miniagents.llms._decoding import EventDecoder
 from miniagents.llms._exceptions import APIStatusError, error_class_for
-from miniagents.llms._openai import openai_content_part
+from miniagents.llms._openai import OpenAIFamily, openai_content_part
 from miniagents.llms._parts import checked_parts
 from miniagents.llms._sse import ServerSentEvent
 from miniagents.llms._tools import Tool
@@ -144,16 +144,8 @@ def responses_input(history: Sequence[Any], agent: str = "openai_agent") -> list
     return items
 
 
-class ResponsesSpec:
+class ResponsesSpec(OpenAIFamily):
     """The OpenAI Responses API provider (``POST {base_url}/responses``; provider name ``"openai"``)."""
-
-    name = "openai"
-    api_key_env = "OPENAI_API_KEY"
-    base_url_env = "OPENAI_BASE_URL"
-    default_base_url = "https://api.openai.com/v1"
-
-    def __init__(self, *, agent: str = "openai_agent") -> None:
-        self.agent = agent
 
     def request(
         self, options: LLMOptions, history: Sequence[Any], tools: Sequence[Tool], api_key: str, base_url: str
@@ -172,31 +164,22 @@ class ResponsesSpec:
         }
         if options.system:
             body["instructions"] = options.system
-        if options.temperature is not None:
-            body["temperature"] = options.temperature
-        if options.top_p is not None:
-            body["top_p"] = options.top_p
+        self._sampling(options, body)
         if options.max_tokens is not None:
             body["max_output_tokens"] = options.max_tokens
-        if tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": thaw(t.parameters),
-                    "strict": False,
-                }
-                for t in tools
-            ]
-            if options.tool_choice is not None:
-                body["tool_choice"] = _tool_choice(options.tool_choice)
-            if options.parallel_tool_calls is not None:
-                body["parallel_tool_calls"] = options.parallel_tool_calls
-        if options.extra_body:
-            body.update(thaw(options.extra_body))
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        return endpoint_url(base_url, "responses"), headers, body
+        functions = [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": thaw(t.parameters),
+                "strict": False,
+            }
+            for t in tools
+        ]
+        return self._finish(
+            options, body, functions, _tool_choice, api_key, endpoint_url(base_url, "responses")
+        )
 
     def decoder(self, options: LLMOptions, request_id: str | None) -> ResponsesDecoder:
         """Return a decoder for one stream."""
