@@ -16,17 +16,18 @@ every import with ``ast`` and enforces this table, and checks that ``docs/archit
     9      plug-ins on llms          miniagents.tracing
     8      plug-ins                  miniagents.llms  miniagents.persistence
     7      the public namespace      miniagents  miniagents.miniagents
-    6      agents and calls          _agents  _chain
+    6      agents and calls          _agents  _calls  _chain
     5      the context               _context
     4      observers, the limiter    _observe  _limits
-    3      channels                  _buffer  _promises  _sequence
+    3      channels                  _buffer  _promises  _sequence  _sequence_builder
     2      tasks                     _scope
-    1      values                    _messages  _records
+    1      values                    _encoding  _messages  _records
     0      leaves                    _exceptions  _ledger  _frozen  _secrets  _dedup  _publish
 """
 
-from miniagents._agents import AgentCall, CallStatistics, InteractionContext, MiniAgent, miniagent
+from miniagents._agents import MiniAgent, miniagent
 from miniagents._buffer import BufferStatistics
+from miniagents._calls import AgentCall, CallStatistics, InteractionContext
 from miniagents._chain import AWAIT, CLEAR, achain_loop
 from miniagents._context import ContextAttachment, ContextStatistics, MiniAgents, Store
 from miniagents._exceptions import (

@@ -171,7 +171,11 @@ async def _cancellation_first() -> None:
 
 
 class BufferIterator(Generic[P]):
-    """One consumer's cursor over a :class:`ReplayBuffer`, starting at the first piece."""
+    """One consumer's cursor over a :class:`ReplayBuffer`, starting at the first piece.
+
+    The message sequences' iterators subclass it: ``promises()`` runs this loop as it is; the iterator of
+    resolved messages has it inlined (see ``_sequence._MessageIterator``).
+    """
 
     __slots__ = ("_buffer", "_index")
 

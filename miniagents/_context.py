@@ -253,11 +253,11 @@ class MiniAgents:
         self.observers: tuple[CallObserver, ...] = ()
         self.run_id = ""
         self.errors_as_messages = errors_as_messages
-        self.ledger = ErrorLedger()
+        self._ledger = ErrorLedger()
         self._active = False
         self._stack: AsyncExitStack | None = None
         self._calls_tg: TaskGroupLike | None = None
-        self.native_trio = False
+        self._native_trio = False
         self._open_calls: dict[CallLike, None] = {}
         # The keys queued for persistence (see miniagents/_dedup.py): every key of the activation, or the
         # current generation of a bounded cache, the older one (of activation _seen_before_in) and its size.
@@ -347,7 +347,7 @@ class MiniAgents:
         """
         if older_than < 0:
             raise ValueError(f"older_than must be >= 0, got {older_than!r}")
-        return self.ledger.take(older_than)
+        return self._ledger.take(older_than)
 
     def on_persist_message(self, handler: PersistHandler) -> PersistHandler:
         """Register *handler* (decorator form of the ``on_persist_message=`` option); returns it unchanged."""
@@ -365,12 +365,12 @@ class MiniAgents:
         return handler
 
     @property
-    def persists(self) -> bool:
+    def _persists(self) -> bool:
         """Whether any persistence handler is registered."""
         return bool(self._handlers or self._batch_handlers)
 
     @property
-    def records_calls(self) -> bool:
+    def _records_calls(self) -> bool:
         """Whether any ``on_call_finished`` handler is registered."""
         return bool(self._call_handlers)
 
@@ -398,34 +398,34 @@ class MiniAgents:
             open_inputs=len(self._open_calls),
             persisted_messages=self._persisted,
             pending_persistence=len(self._persist_queue) + len(self._persist_batch) - self._persist_pos,
-            unobserved_errors=len(self.ledger.unobserved()),
+            unobserved_errors=len(self._ledger.unobserved()),
             dedup_keys=len(self._seen) + len(self._seen_before),
             dedup_cache_size=self._dedup_cache_size,
         )
 
     # -- TaskOwner ------------------------------------------------------------------------------------------
-    accepts_children = True
+    _accepts_children = True
 
-    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start an internal task in the calls group."""
         tg = self._calls_tg
         if tg is None:
             raise NoActiveContextError("this MiniAgents context is not active")
         tg.start_soon(fn, *args)
 
-    def register_open_call(self, call: CallLike) -> None:
+    def _register_open_call(self, call: CallLike) -> None:
         """Remember a call whose input is open (finished when the block exits)."""
         self._open_calls[call] = None
 
-    def forget_open_call(self, call: CallLike) -> None:
+    def _forget_open_call(self, call: CallLike) -> None:
         """Forget a call whose input was finished."""
         self._open_calls.pop(call, None)
 
     # -- persistence ----------------------------------------------------------------------------------------
-    def persist(self, message: Message) -> None:
+    def _persist(self, message: Message) -> None:
         """Queue *message* (and, first, the messages nested in it) for the handlers, once per hash key."""
         # Called for every message appended to every sequence: the common cases return first.  This is the
-        # exact mode (every key kept); a context with a bounded cache has _persist_bounded as ``persist``.
+        # exact mode (every key kept); a context with a bounded cache has _persist_bounded as ``_persist``.
         activation = self._activation
         if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
@@ -438,13 +438,13 @@ class MiniAgents:
         self._queue_new(message)
 
     def _queue_new(self, message: Message) -> None:
-        """Queue a message seen for the first time, after the messages nested in it (both ``persist`` modes)."""
+        """Queue a message seen for the first time, after the messages nested in it (both ``_persist`` modes)."""
         extra = message._extra
         # It may hold messages when it has extra fields or declared ones.  (``extra is EMPTY`` first: the
         # truth test of a FrozenDict is a Python-level __len__ call.)
         if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[type(message)] is None:
             for sub in message.sub_messages():
-                self.persist(sub)
+                self._persist(sub)
         self._persist_queue.append(message)  # _enqueue, inlined
         event = self._persist_event
         if event is not None:
@@ -452,12 +452,12 @@ class MiniAgents:
             event.set()
 
     def _persist_bounded(self, message: Message) -> None:
-        """:meth:`persist` with a bounded cache of recent keys (miniagents/_dedup.py); correct in both modes.
+        """:meth:`_persist` with a bounded cache of recent keys (miniagents/_dedup.py); correct in both modes.
 
-        The instance's ``persist`` while the cache is bounded and a handler is registered (handlers are never
+        The instance's ``_persist`` while the cache is bounded and a handler is registered (handlers are never
         removed, so it skips that check; sequences keep the method they were created with, so this one also
         stays right once every key is kept: the older generation is empty then and the generation size is
-        never reached).  Otherwise the same steps as :meth:`persist`.
+        never reached).  Otherwise the same steps as :meth:`_persist`.
         """
         activation = self._activation
         if message._persisted_in == activation:
@@ -501,13 +501,13 @@ class MiniAgents:
         self._install_persist()
 
     def _install_persist(self) -> None:
-        # An instance attribute shadows the method: what sequences take as ``context.persist``.
+        # An instance attribute shadows the method: what sequences take as ``context._persist``.
         if self._dedup_cache_size is None or not (self._handlers or self._batch_handlers):
-            self.__dict__.pop("persist", None)
+            self.__dict__.pop("_persist", None)
         else:
-            self.__dict__["persist"] = self._persist_bounded
+            self.__dict__["_persist"] = self._persist_bounded
 
-    def record_call(self, record: CallRecord) -> None:
+    def _record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""
         if self._call_handlers:
             self._enqueue(record)
@@ -588,7 +588,7 @@ class MiniAgents:
                             if result is not None and inspect.isawaitable(result):
                                 await result
                         except Exception as exc:
-                            self.ledger.record_error(_with_handler_note(exc, handler, message))
+                            self._ledger.record_error(_with_handler_note(exc, handler, message))
             self._persist_pos = stop
 
     async def _call_handler(self, handler: Callable[[Any], Any], item: CallRecord | list[Message]) -> None:
@@ -597,14 +597,14 @@ class MiniAgents:
             if result is not None and inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            self.ledger.record_error(_with_handler_note(exc, handler, item))
+            self._ledger.record_error(_with_handler_note(exc, handler, item))
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def __aenter__(self) -> MiniAgents:
         if self._active:
             raise MiniAgentsError("this MiniAgents context is already active")
         self._active = True  # at once: a second task entering concurrently is refused
-        self.ledger = ErrorLedger()
+        self._ledger = ErrorLedger()
         self._fatal = None
         self._block_writers = []
         self._seen = set()
@@ -624,11 +624,11 @@ class MiniAgents:
             if self.store is not None and hasattr(self.store, "__aenter__"):
                 await stack.enter_async_context(self.store)  # type: ignore[arg-type]
             stack.push_async_callback(self._close_resources)
-            self.native_trio = sniffio.current_async_library() == "trio"
-            service_tg = await stack.enter_async_context(open_task_group(self.native_trio))
+            self._native_trio = sniffio.current_async_library() == "trio"
+            service_tg = await stack.enter_async_context(open_task_group(self._native_trio))
             service_tg.start_soon(self._persistence_worker)
             stack.callback(self._close_persistence)
-            self._calls_tg = await stack.enter_async_context(open_task_group(self.native_trio))
+            self._calls_tg = await stack.enter_async_context(open_task_group(self._native_trio))
             stack.callback(self._finish_open_inputs)
             # Cancelled only by a KeyboardInterrupt or SystemExit escaping an agent (see _fatal_error).
             self._body_scope = stack.enter_context(anyio.CancelScope())
@@ -678,11 +678,11 @@ class MiniAgents:
         if body_failed:
             assert incoming is not None
             raised = incoming if raised is None else BaseExceptionGroup("errors on exit", [incoming, raised])
-        errors = [e for e in self.ledger.unobserved() if e is not raised]
+        errors = [e for e in self._ledger.unobserved() if e is not raised]
         if errors and raised is not None and _is_cancellation(raised):
             # Cancelled from outside (move_on_after, fail_after, a cancelled nursery): the cancellation must
             # reach its scope as it is, or fail_after would lose its TimeoutError.  The errors are logged.
-            self.ledger.add_reports(errors)
+            self._ledger.add_reports(errors)
             for error in errors:
                 _log.error(_CANCELLED_NOTE, exc_info=error)
             errors = []
@@ -692,7 +692,7 @@ class MiniAgents:
             if raised is incoming:
                 return False  # re-raised by Python as it was
             raise raised
-        self.ledger.add_reports(errors)
+        self._ledger.add_reports(errors)
         for error in errors:
             _add_note(error, _NOTE)
         if raised is None:
@@ -717,7 +717,7 @@ class MiniAgents:
                     AgentCallCancelledError("the MiniAgents block ended without finishing this stream")
                 )
 
-    def track_block_writer(self, writer: WriterLike) -> None:
+    def _track_block_writer(self, writer: WriterLike) -> None:
         """Remember a writer opened outside any call, to end it at exit if it is still open then."""
         writers = self._block_writers
         writers.append(writer)

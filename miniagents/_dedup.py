@@ -1,6 +1,6 @@
 """How a ``MiniAgents`` context remembers the hash keys it queued for persistence: every key, or a bounded cache.
 
-``MiniAgents.persist`` hands each distinct message (by ``hash_key``) to the persistence handlers once per
+``MiniAgents._persist`` hands each distinct message (by ``hash_key``) to the persistence handlers once per
 activation of the context.  To know what it handed over already, it keeps the keys in a set, ``_seen``: about
 155 bytes per distinct message once the messages themselves are gone, for as long as the context is active.
 
@@ -19,11 +19,11 @@ counted in both).  A key stays remembered at least until ``generation - 1`` more
 generation, so a message repeated within that window is not handed over again; a message that comes back after
 its key was dropped is handed over again, and the store finds it stored.
 
-On the hot path the bounded mode (``MiniAgents._persist_bounded``, installed as the instance's ``persist``) adds
-a lookup in the older generation and a length comparison per first-seen message (about 25 ns); the exact mode
-(the class's ``persist``) is the code from before the cache.  The bounded method is also right in the exact
-mode (an empty older generation, an unreachable generation size), so a sequence that kept it while a plain
-handler was added still hands every message over once.
+On the hot path the bounded mode (``MiniAgents._persist_bounded``, installed as the instance's ``_persist``)
+adds a lookup in the older generation and a length comparison per first-seen message (about 25 ns); the exact
+mode (the class's ``_persist``) is the code from before the cache.  The bounded method is also right in the
+exact mode (an empty older generation, an unreachable generation size), so a sequence that kept it while a
+plain handler was added still hands every message over once.
 """
 
 from __future__ import annotations

@@ -16,47 +16,32 @@ process (its cached key, the mark of the persistence run that queued it).
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
-import enum
-import fractions
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 import keyword
-import math
-import pathlib
-import sys
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from miniagents._encoding import (
+    canonical_json,
+    class_path,
+    decode_value,
+    encode_value,
+    import_qualified,
+    install_message_codec,
+)
 from miniagents._frozen import EMPTY, FrozenDict, freeze, treat_as_frozen
-from miniagents._publish import DEFINED_AT
 
 _M = TypeVar("_M", bound="Message")
 
 _CLASS_KEY = "class"
-_TAG = "$t"
 _BASE_FIELDS = frozenset({"content", "_extra", "_hash_key_cache", "_persisted_in"})
 _REGISTRY: dict[str, type[Message]] = {}
 _DECLARED_FIELDS: dict[type[Message], tuple[str, ...]] = {}
-
-
-def class_path(cls: type) -> str:
-    """Return ``"module:QualName"``, the name under which a message class is serialised (and hashed).
-
-    For the package's own classes it is the defining module's, recorded by ``_publish`` before they report
-    their public module (``TextMessage.__module__ == "miniagents"``): publishing changes neither hash keys
-    nor stored rows.
-    """
-    recorded = cls.__dict__.get(DEFINED_AT)
-    return recorded if recorded is not None else f"{cls.__module__}:{cls.__qualname__}"
 
 
 class _ContentOnlyPrefixes(dict[type, "str | None"]):
@@ -316,7 +301,7 @@ class Message:
                 # Content only: the canonical JSON, written directly (keys in sorted order).
                 canonical = prefix + _json_string(self.content) + "}"
             else:
-                canonical = _canonical_json(self._encode_fields(canonical=True))
+                canonical = canonical_json(self._encode_fields(canonical=True))
             key = _sha256(canonical.encode("ascii")).hexdigest()
             _set_slot(self, "_hash_key_cache", key)
         return key
@@ -333,7 +318,7 @@ class Message:
     def _encode_fields(self, *, canonical: bool) -> dict[str, Any]:
         data: dict[str, Any] = {_CLASS_KEY: class_path(type(self))}
         for name, value in self.fields().items():
-            data[name] = _encode(value, canonical)
+            data[name] = encode_value(value, canonical)
         return data
 
     @classmethod
@@ -349,7 +334,7 @@ class Message:
         target: type[Message] = cls if path is None else _resolve_class(path)
         if not issubclass(target, cls):
             raise ValueError(f"{path!r} is not a {cls.__name__} subclass")
-        values = {name: _decode(value) for name, value in data.items()}
+        values = {name: decode_value(value) for name, value in data.items()}
         content = values.pop("content", "")
         return build_message(target, content, values)
 
@@ -518,155 +503,15 @@ def _iter_messages(value: Any) -> Iterator[Message]:
         for item in value.values():
             yield from _iter_messages(item)
     elif isinstance(value, frozenset):
-        for item in sorted(value, key=lambda v: _canonical_json(_encode(v, True))):
+        for item in sorted(value, key=lambda v: canonical_json(encode_value(v, True))):
             yield from _iter_messages(item)
-
-
-def _canonical_json(encoded: Any) -> str:
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def _encode(value: Any, canonical: bool = False) -> Any:
-    """Encode *value* as JSON-safe data; *canonical* folds values that compare equal into one encoding."""
-    if canonical:
-        folded = _fold_equal_values(value)
-        if folded is not _NOT_FOLDED:
-            return folded
-    if value is None or (isinstance(value, (str, bool, int)) and not isinstance(value, enum.Enum)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
-    if isinstance(value, tuple):
-        return [_encode(v, canonical) for v in value]
-    if isinstance(value, FrozenDict):
-        if all(type(k) is str for k in value) and _TAG not in value:
-            return {k: _encode(v, canonical) for k, v in value.items()}
-        pairs = [[_encode(k, canonical), _encode(v, canonical)] for k, v in value.items()]
-        if canonical:
-            pairs.sort(key=_canonical_json)
-        return {_TAG: "dict", "v": pairs}
-    if isinstance(value, Message):
-        return {_TAG: "message", "v": value._encode_fields(canonical=canonical)}
-    if isinstance(value, frozenset):
-        return {_TAG: "frozenset", "v": sorted((_encode(v, canonical) for v in value), key=_canonical_json)}
-    if isinstance(value, bytes):
-        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, enum.Enum):
-        return {_TAG: "enum", "cls": class_path(type(value)), "v": _encode(value.value, canonical)}
-    if isinstance(value, datetime.datetime):
-        return {_TAG: "datetime", "v": value.isoformat()}
-    if isinstance(value, datetime.date):
-        return {_TAG: "date", "v": value.isoformat()}
-    if isinstance(value, datetime.time):
-        return {_TAG: "time", "v": value.isoformat()}
-    if isinstance(value, datetime.timedelta):
-        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
-    if isinstance(value, uuid.UUID):
-        return {_TAG: "uuid", "v": str(value)}
-    if isinstance(value, decimal.Decimal):
-        return {_TAG: "decimal", "v": str(value)}
-    if isinstance(value, pathlib.PurePath):
-        return {_TAG: "path", "cls": type(value).__name__, "v": str(value)}
-    raise TypeError(f"cannot serialise a value of type {type(value).__name__}")  # pragma: no cover
-
-
-_NOT_FOLDED: Any = object()
-
-
-def _fold_equal_values(value: Any) -> Any:
-    """Return one encoding for all values that ``==`` considers equal, or ``_NOT_FOLDED``.
-
-    Numbers of any type (``bool``, ``int``, ``float``, ``Decimal``, int enums) encode as their exact rational
-    value; ``str`` subclasses as the plain string; aware datetimes as the UTC instant; paths by flavour.
-    """
-    if isinstance(value, (int, float, decimal.Decimal)):  # bool and IntEnum are ints
-        if isinstance(value, float) and not math.isfinite(value):
-            return {_TAG: "float", "v": repr(value)}
-        if isinstance(value, decimal.Decimal) and not value.is_finite():
-            return {_TAG: "decimal", "v": str(value)}
-        exact = fractions.Fraction(value)
-        if exact.denominator == 1:
-            return int(exact.numerator)
-        return {_TAG: "number", "v": f"{exact.numerator}/{exact.denominator}"}
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
-        return {_TAG: "datetime", "v": value.astimezone(datetime.timezone.utc).isoformat()}
-    if isinstance(value, pathlib.PurePath):
-        if isinstance(value, pathlib.PureWindowsPath):
-            return {_TAG: "path", "flavour": "windows", "v": str(value).lower()}
-        return {_TAG: "path", "flavour": "posix", "v": str(value)}
-    return _NOT_FOLDED
-
-
-_PATH_CLASSES: dict[str, type[pathlib.PurePath]] = {
-    c.__name__: c
-    for c in (
-        pathlib.Path,
-        pathlib.PosixPath,
-        pathlib.WindowsPath,
-        pathlib.PurePath,
-        pathlib.PurePosixPath,
-        pathlib.PureWindowsPath,
-    )
-}
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_decode(v) for v in value)
-    if not isinstance(value, dict):
-        return value
-    tag = value.get(_TAG)
-    if tag is None:
-        return FrozenDict({k: _decode(v) for k, v in value.items()})
-    v: Any = value["v"]
-    if tag == "float":
-        return float(v)
-    if tag == "dict":
-        return FrozenDict({_decode(k): _decode(item) for k, item in v})
-    if tag == "message":
-        return Message.from_dict(v)
-    if tag == "frozenset":
-        return frozenset(_decode(item) for item in v)
-    if tag == "bytes":
-        return base64.b64decode(v)
-    if tag == "enum":
-        enum_cls = _import_qualified(value["cls"])
-        if not (isinstance(enum_cls, type) and issubclass(enum_cls, enum.Enum)):
-            raise ValueError(f"{value['cls']!r} is not an Enum class")
-        return enum_cls(_decode(v))
-    if tag == "datetime":
-        return datetime.datetime.fromisoformat(v)
-    if tag == "date":
-        return datetime.date.fromisoformat(v)
-    if tag == "time":
-        return datetime.time.fromisoformat(v)
-    if tag == "timedelta":
-        return datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
-    if tag == "uuid":
-        return uuid.UUID(v)
-    if tag == "decimal":
-        return decimal.Decimal(v)
-    if tag == "path":
-        return _PATH_CLASSES.get(value["cls"], pathlib.PurePath)(v)
-    raise ValueError(f"unknown tagged value {tag!r}")
-
-
-def _import_qualified(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _resolve_class(path: str) -> type[Message]:
     cls = _REGISTRY.get(path)
     if cls is None:
         try:
-            _import_qualified(path)
+            import_qualified(path)
         except (ImportError, AttributeError, ValueError):
             raise ValueError(f"unknown message class {path!r}") from None
         cls = _REGISTRY.get(path)
@@ -677,3 +522,4 @@ def _resolve_class(path: str) -> type[Message]:
 
 _REGISTRY[class_path(Message)] = Message
 treat_as_frozen(Message)
+install_message_codec(Message, Message.from_dict)  # nested messages in field values

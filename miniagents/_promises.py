@@ -36,7 +36,7 @@ _PENDING: Any = object()
 
 def _ledger() -> ErrorLedger | None:
     context = current_context.get()
-    return None if context is None else context.ledger
+    return None if context is None else context._ledger
 
 
 class Promise(Generic[T]):
@@ -53,9 +53,9 @@ class Promise(Generic[T]):
 
     def __init__(self, resolver: Callable[[], Awaitable[T]]) -> None:
         context, owner = current_owner("Promise(resolver)")
-        self._buffer: ReplayBuffer[T] = ReplayBuffer(context.ledger)
+        self._buffer: ReplayBuffer[T] = ReplayBuffer(context._ledger)
         self._value: T = _PENDING
-        owner.spawn(self._resolve, resolver)
+        owner._spawn(self._resolve, resolver)
 
     @classmethod
     def resolved(cls, value: T) -> Promise[T]:
@@ -109,7 +109,7 @@ class StreamWriter(Generic[P]):
         self._promise = promise
         self._owner = owner
         if owner is not None:
-            owner.track_writer(self)
+            owner._track_writer(self)
 
     def send(self, piece: P) -> None:
         """Append one piece; consumers see it at once.  Raises :class:`SequenceClosedError` once closed."""
@@ -132,7 +132,7 @@ class StreamWriter(Generic[P]):
         owner = self._owner
         if owner is not None:
             self._owner = None
-            owner.untrack_writer(self)
+            owner._untrack_writer(self)
 
     @property
     def closed(self) -> bool:
@@ -178,10 +178,10 @@ class StreamedPromise(Generic[P, T]):
         if not isinstance(source, AsyncIterable):
             raise TypeError(f"StreamedPromise needs an async iterable source, got {type(source).__name__}")
         context, owner = current_owner("StreamedPromise(source)")
-        self._buffer = ReplayBuffer(context.ledger)
+        self._buffer = ReplayBuffer(context._ledger)
         self._resolver = resolver
         self._whole: Any = _PENDING
-        owner.spawn(_pump_source, source, StreamWriter(self), None)
+        owner._spawn(_pump_source, source, StreamWriter(self), None)
 
     @classmethod
     def open(cls, resolver: Callable[[Sequence[P]], T]) -> tuple[StreamedPromise[P, T], StreamWriter[P]]:
@@ -236,7 +236,7 @@ def _track_block_writer(writer: StreamWriter[Any] | MessageWriter) -> None:
     """A writer opened outside any call: the context fails it at exit if it is still open."""
     context = current_context.get()
     if context is not None:
-        context.track_block_writer(writer)
+        context._track_block_writer(writer)
 
 
 async def _pump_source(
@@ -262,7 +262,7 @@ async def _pump_source(
                     context._fatal_error(exc)
         else:  # a reply source failed: so does the call (named in the error's note)
             assert isinstance(writer, MessageWriter)
-            owner.end_writer(writer, exc)
+            owner._end_writer(writer, exc)
             owner._fail(exc, passed_on=not owner.context.errors_as_messages)
     else:
         writer.close()
@@ -285,7 +285,7 @@ class MessageWriter:
         call = current_call.get()
         self._owner = call
         if call is not None:
-            call.track_writer(self)
+            call._track_writer(self)
 
     def send(self, token: str) -> None:
         """Append one token.  Raises ``TypeError`` for a non-``str`` and :class:`SequenceClosedError` when done."""
@@ -328,7 +328,7 @@ class MessageWriter:
         owner = self._owner
         if owner is not None:
             self._owner = None
-            owner.untrack_writer(self)
+            owner._untrack_writer(self)
 
     def __enter__(self) -> MessageWriter:
         return self
@@ -428,7 +428,7 @@ class MessagePromise(StreamedPromise[str, Message]):
             )
         _, owner = current_owner(f"{message_class.__name__}.stream()")
         promise, writer = cls._open(message_class, fields)  # ended by its pump, not by the block's exit
-        owner.spawn(_pump_source, tokens, writer, _check_token)
+        owner._spawn(_pump_source, tokens, writer, _check_token)
         return promise
 
     def _set_message(self, message: Message) -> None:

@@ -26,7 +26,7 @@ def publish(namespace: Mapping[str, Any]) -> None:
     first, in its defining module (``typing.get_type_hints`` looks names up in the module ``__module__``
     names); annotations that cannot be evaluated there (names imported only for type checkers) stay strings.
     A class keeps where it was defined in :data:`DEFINED_AT`, so that message classes keep their serialised
-    name and hash keys (see ``miniagents._messages.class_path``).
+    name and hash keys (see ``miniagents._encoding.class_path``).
     """
     package = namespace["__name__"]
     for name in namespace["__all__"]:

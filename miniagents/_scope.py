@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 class TaskOwner(Protocol):
     """Something that can start a child task which it waits for before it finishes."""
 
-    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``fn(*args)`` as a child task.  *fn* must not raise (errors are routed by the caller)."""
 
-    def register_open_call(self, call: CallLike) -> None:
+    def _register_open_call(self, call: CallLike) -> None:
         """Remember a call started here whose input is still open (finished when this owner ends)."""
 
-    def forget_open_call(self, call: CallLike) -> None:
+    def _forget_open_call(self, call: CallLike) -> None:
         """Forget a call whose input was finished."""
 
 
@@ -66,19 +66,19 @@ class ContextLike(TaskOwner, Protocol):
     import them and not the other way round.
     """
 
-    ledger: ErrorLedger
+    _ledger: ErrorLedger
     errors_as_messages: bool
     _activation: int
     _loop_identity: tuple[int, object, str | None]
 
     @property
-    def persists(self) -> bool:
+    def _persists(self) -> bool:
         """Whether messages go to persistence handlers."""
 
-    def persist(self, message: Message) -> None:
+    def _persist(self, message: Message) -> None:
         """Hand *message* (and the messages nested in it) to the persistence handlers."""
 
-    def track_block_writer(self, writer: WriterLike) -> None:
+    def _track_block_writer(self, writer: WriterLike) -> None:
         """Remember a writer opened outside any call, to end it at exit if it is still open then."""
 
     def _fatal_error(self, error: BaseException) -> None:
@@ -97,7 +97,7 @@ class AgentLike(Protocol):
 
 
 class CallLike(TaskOwner, Protocol):
-    """What the layers below the agents know of an agent call (``_agents.AgentCall`` fits)."""
+    """What the layers below the agents know of an agent call (``_calls.AgentCall`` fits)."""
 
     @property
     def agent(self) -> AgentLike:
@@ -112,7 +112,7 @@ class CallLike(TaskOwner, Protocol):
         """The call that started this one (``None`` outside any agent)."""
 
     @property
-    def accepts_children(self) -> bool:
+    def _accepts_children(self) -> bool:
         """Whether the call still runs and takes new child tasks."""
 
     def cancel(self) -> None:
@@ -121,13 +121,13 @@ class CallLike(TaskOwner, Protocol):
     def finish(self) -> None:
         """Finish the call's input: nothing more will be sent."""
 
-    def track_writer(self, writer: WriterLike) -> None:
+    def _track_writer(self, writer: WriterLike) -> None:
         """Remember an open writer, failed if still open when the call ends."""
 
-    def untrack_writer(self, writer: WriterLike) -> None:
+    def _untrack_writer(self, writer: WriterLike) -> None:
         """Forget a writer that finished or failed."""
 
-    def end_writer(self, writer: WriterLike, error: BaseException) -> None:
+    def _end_writer(self, writer: WriterLike, error: BaseException) -> None:
         """End a stream the call was writing when *error* stopped it."""
 
     def _fail(self, error: BaseException, *, passed_on: bool = False) -> None:
@@ -478,7 +478,7 @@ def require_context(what: str) -> ContextLike:
 def current_owner(what: str) -> tuple[ContextLike, TaskOwner]:
     """Return the active context and the innermost live owner for a new child task."""
     call = current_call.get()
-    if call is not None and call.accepts_children:
+    if call is not None and call._accepts_children:
         context = call.context
         owner: TaskOwner = call
     else:

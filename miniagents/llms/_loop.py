@@ -201,7 +201,7 @@ async def run_llm_agent(
                 if opts.reply_tool_messages or judge.accepted:
                     ctx.reply(result)
                 else:
-                    MiniAgents.current().persist(result)
+                    MiniAgents.current()._persist(result)
             if judge.accepted:
                 return
             conversation.extend([message, *feedback])
@@ -222,7 +222,7 @@ async def run_llm_agent(
             if opts.reply_tool_messages:
                 ctx.reply(result)
             else:
-                MiniAgents.current().persist(result)
+                MiniAgents.current()._persist(result)
         conversation.extend([message, *results])
 
 
@@ -464,7 +464,7 @@ def _finish_turn(
         turn.judge(fields, calls, turn.text())  # adds the ``output`` field of a valid structured answer
     if turn.writer is None and calls and not opts.reply_tool_messages and "output" not in fields:
         message: Message = TextMessage(content="", **{**turn.known, **fields})
-        MiniAgents.current().persist(message)
+        MiniAgents.current()._persist(message)
         return message
     return turn.open().finish(**fields)
 

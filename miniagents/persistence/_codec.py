@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from miniagents._agents import MiniAgent
+from miniagents._encoding import class_path
 from miniagents._frozen import FrozenDict, freeze
-from miniagents._messages import _CONTENT_ONLY_PREFIX, Message, class_path
+from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
 
 TAG = "$t"
 REF = "ref"

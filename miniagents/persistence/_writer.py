@@ -25,8 +25,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from miniagents._encoding import class_path
 from miniagents._frozen import EMPTY
-from miniagents._messages import Message, class_path
+from miniagents._messages import Message
 from miniagents._records import CallRecord
 from miniagents.persistence._codec import encode_kwargs, encode_message, is_simple, pack_ids
 from miniagents.persistence._schema import key_prefix, migrate

@@ -48,7 +48,8 @@ import anyio
 import attrs
 from hypothesis import strategies as st
 
-from miniagents._agents import InteractionContext, MiniAgent
+from miniagents._agents import MiniAgent
+from miniagents._calls import InteractionContext
 from miniagents._messages import Message, TextMessage
 from miniagents._promises import MessagePromise
 from miniagents._sequence import MessageSequencePromise, MessageType

@@ -132,7 +132,7 @@ class TestRoundTrips:
                 made.content = "changed"  # type: ignore[misc]
 
     def test_a_content_only_copy_shares_the_empty_extra_fields_the_fast_paths_look_for(self) -> None:
-        # MiniAgents.persist and hash_key test ``_extra is EMPTY`` before anything slower.
+        # MiniAgents._persist and hash_key test ``_extra is EMPTY`` before anything slower.
         for how, made in copies(TextMessage(content="t")).items():
             assert made.extra_fields is EMPTY, how
 

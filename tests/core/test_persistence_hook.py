@@ -23,7 +23,7 @@ from miniagents import (
     miniagent,
 )
 from miniagents._ledger import ErrorLedger
-from miniagents._sequence import SequenceBuilder
+from miniagents._sequence_builder import SequenceBuilder
 
 pytestmark = pytest.mark.anyio
 
@@ -364,7 +364,7 @@ def _sends(inline: bool, ops: list[tuple[int, str, bool]], refused: set[str]) ->
         if message.content in refused:
             raise _Refused(message.content)
 
-    context = SimpleNamespace(persists=True, persist=persist, _activation=5, ledger=ErrorLedger())
+    context = SimpleNamespace(_persists=True, _persist=persist, _activation=5, _ledger=ErrorLedger())
     builder = SequenceBuilder(context, None)  # type: ignore[arg-type]
     pending = []
     for kind, content, marked in ops:

@@ -499,7 +499,7 @@ def test_property_messages_with_parts_read_back_from_a_sqlite_store_equal(
         store = SQLiteStore(path)
         async with MiniAgents(store=store) as context:
             for message in messages:
-                context.persist(message)
+                context._persist(message)
         async with store:
             for message in messages:
                 assert await store.get(message.hash_key) == message

@@ -132,7 +132,7 @@ async def test_a_bounded_cache_never_exceeds_its_size_and_forgets_a_key_only_aft
     ) as c:
         for position, number in enumerate(numbers):
             pending = c.statistics().pending_persistence
-            c.persist(TextMessage(content=f"m{number}"))  # a new object each time: only the cache can tell
+            c._persist(TextMessage(content=f"m{number}"))  # a new object each time: only the cache can tell
             stats = c.statistics()
             assert stats.dedup_keys <= cache_size
             if stats.pending_persistence > pending:
@@ -187,7 +187,7 @@ async def test_a_store_that_does_not_declare_deduplication_gets_each_message_exa
             assert context.statistics().dedup_cache_size is None
             for _ in range(3):
                 for number in range(10):
-                    context.persist(TextMessage(content=f"m{number}"))
+                    context._persist(TextMessage(content=f"m{number}"))
             assert context.statistics().dedup_keys == 10
     assert [m.content for m in store.messages] == [f"m{number}" for number in range(10)]
 
@@ -196,7 +196,7 @@ async def test_a_declaring_store_may_get_a_message_again_once_its_key_was_droppe
     store = _ListStore(declares=True)
     async with MiniAgents(store=store, dedup_cache_size=2) as context:
         for content in ["a", "a", "b", "c", "a"]:
-            context.persist(TextMessage(content=content))
+            context._persist(TextMessage(content=content))
     # size 2: one key per generation; "a" is remembered across its immediate repeat, dropped after "b", "c".
     assert [m.content for m in store.messages] == ["a", "b", "c", "a"]
 
@@ -208,12 +208,12 @@ async def test_adding_a_plain_handler_to_a_bounded_context_keeps_the_keys_of_que
     assert context.statistics().dedup_cache_size == 2
     async with context:
         for content in ["a", "b", "c"]:  # "a" is queued (not handed over yet) and its key dropped already
-            context.persist(TextMessage(content=content))
+            context._persist(TextMessage(content=content))
         late: list[str] = []
         context.on_persist_message(lambda m: late.append(m.content))
         assert context.statistics().dedup_cache_size is None
         for content in ["a", "b", "c", "d"]:
-            context.persist(TextMessage(content=content))
+            context._persist(TextMessage(content=content))
     assert late == ["a", "b", "c", "d"]
     assert [m.content for m in store.messages] == ["a", "b", "c", "d"]
 
@@ -224,7 +224,7 @@ async def test_each_activation_of_a_bounded_context_hands_every_distinct_message
     for _ in range(2):
         async with context:
             for content in ["a", "b", "c", "a", "b", "c"]:
-                context.persist(TextMessage(content=content))
+                context._persist(TextMessage(content=content))
             assert context.statistics().dedup_keys <= 6
     assert handed == ["a", "b", "c", "a", "b", "c"]
 
@@ -334,6 +334,6 @@ async def test_a_handler_registered_after_an_explicit_bound_is_under_that_bound(
     context.on_persist_message(lambda m: handed.append(m.content))
     async with context:
         for number in range(50):
-            context.persist(TextMessage(content=f"m{number}"))
+            context._persist(TextMessage(content=f"m{number}"))
             assert context.statistics().dedup_keys <= 4
     assert handed == [f"m{number}" for number in range(50)]

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from miniagents import ErrorMessage, Message, TextMessage
-from miniagents._messages import _canonical_json
+from miniagents._encoding import canonical_json
 from miniagents.persistence._codec import encode_message, is_simple
 
 
@@ -30,7 +30,7 @@ class WithField(Message):
 
 
 def general_key(message: Message) -> str:
-    canonical = _canonical_json(message._encode_fields(canonical=True))
+    canonical = canonical_json(message._encode_fields(canonical=True))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
