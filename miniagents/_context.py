@@ -257,6 +257,8 @@ class MiniAgents:
         self._active = False
         self._stack: AsyncExitStack | None = None
         self._calls_tg: TaskGroupLike | None = None
+        self._service_tg: TaskGroupLike | None = None
+        self._services_stop: anyio.Event | None = None
         self._native_trio = False
         self._open_calls: dict[CallLike, None] = {}
         # The keys queued for persistence (see miniagents/_dedup.py): every key of the activation, or the
@@ -412,6 +414,39 @@ class MiniAgents:
         if tg is None:
             raise NoActiveContextError("this MiniAgents context is not active")
         tg.start_soon(fn, *args)
+
+    def start_service(self, fn: Callable[[anyio.Event], Awaitable[None]]) -> None:
+        """Run ``await fn(stop)`` in the context's service group, next to the persistence worker.
+
+        For a shared resource that must be held open by a task of its own (an async context manager that owns
+        a task group, such as an MCP client session): *fn* enters it, serves it until ``stop`` is set and then
+        leaves it.  ``stop`` is set when the block exits, after every call of the context finished; the
+        service group is cancelled with the block.  An exception escaping *fn* (other than the cancellation)
+        is not raised in the service group: it is kept as an unobserved error of the context (raised when the
+        block exits), so a failing service never cancels the calls.
+
+        Raises:
+            NoActiveContextError: the context is not active, or its calls have finished already (it is exiting).
+
+        """
+        tg, stop = self._service_tg, self._services_stop
+        if tg is None or stop is None or stop.is_set():
+            raise NoActiveContextError(
+                "start_service() needs an active MiniAgents context that is not exiting"
+            )
+
+        async def service() -> None:
+            try:
+                await fn(stop)
+            except Exception as error:
+                self._ledger.record_error(error)
+
+        tg.start_soon(service)
+
+    def _stop_services(self) -> None:
+        stop = self._services_stop
+        if stop is not None:
+            stop.set()
 
     def _register_open_call(self, call: CallLike) -> None:
         """Remember a call whose input is open (finished when the block exits)."""
@@ -628,6 +663,8 @@ class MiniAgents:
             service_tg = await stack.enter_async_context(open_task_group(self._native_trio))
             service_tg.start_soon(self._persistence_worker)
             stack.callback(self._close_persistence)
+            self._service_tg, self._services_stop = service_tg, anyio.Event()
+            stack.callback(self._stop_services)
             self._calls_tg = await stack.enter_async_context(open_task_group(self._native_trio))
             stack.callback(self._finish_open_inputs)
             # Cancelled only by a KeyboardInterrupt or SystemExit escaping an agent (see _fatal_error).
@@ -638,6 +675,7 @@ class MiniAgents:
             current_context.reset(context_token)
             current_call.reset(call_token)
             self._tokens = None
+            self._service_tg = self._services_stop = None
             self._active = False
             raise
         self._stack = stack
@@ -669,6 +707,7 @@ class MiniAgents:
             self._tokens = None
             self._stack = None
             self._calls_tg = None
+            self._service_tg = self._services_stop = None
             self._body_scope = None
             self._active = False
         fatal = self._fatal

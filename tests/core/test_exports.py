@@ -30,6 +30,7 @@ NAMESPACES = [
     "miniagents.persistence",
     "miniagents.testing",
     "miniagents.asgi",
+    "miniagents.mcp",
 ]
 
 #: Names a namespace holds for itself that are not exports (imports it needs at module level).
@@ -40,6 +41,7 @@ NOT_EXPORTS = {
     "miniagents.persistence": {"publish"},
     "miniagents.testing": {"annotations", "importlib", "publish_object", "TYPE_CHECKING", "Any"},
     "miniagents.asgi": {"publish"},
+    "miniagents.mcp": {"publish"},
 }
 
 #: Exports that are values or type aliases, not classes or functions (they have no ``__module__`` of their own).
@@ -52,6 +54,7 @@ VALUES = {
     "__version__",
     "CAPTURE_CONTENT_ENV",
     "CASSETTE_MODE_ENV",
+    "MCPServerSpec",
 }
 
 

@@ -162,6 +162,15 @@ def test_tools_calls_agents_as_tools(tmp_path: Path) -> None:
     assert "file_search answers:" in out
 
 
+@pytest.mark.real_llm
+@needs_local_model
+def test_mcp_tools_gives_the_tools_of_an_mcp_server_to_the_model(tmp_path: Path) -> None:
+    out = run_example("mcp_tools.py", "--provider", "local", "--max-tokens", "60", cwd=tmp_path)
+    assert "MCP tools: count_words (Count the words of a text.), reverse_text (" in out
+    assert 'count_words answers: {"result": 3}' in out  # the MCP server ran the model's call
+    assert 'reverse_text answers: {"result": "stnegainim"}' in out
+
+
 # -- self_developing's diff handling, without a model -----------------------------------------------------------
 FIX = "\n".join(
     [
