@@ -67,6 +67,7 @@ class _Connection:
         self._ready = anyio.Event()
         self._client: mcp.Client | None = None
         self._failure: str | None = None
+        self._http_status: str | None = None
 
     async def client(self, tool: str | None = None) -> mcp.Client:
         """The connected client, connecting on first use.
@@ -76,8 +77,8 @@ class _Connection:
 
         """
         if not self._started:
+            self.context.start_service(self._serve)  # raises when the context is exiting: not started
             self._started = True
-            self.context.start_service(self._serve)
         await self._ready.wait()
         client = self._client
         if client is None:
@@ -98,38 +99,65 @@ class _Connection:
                 cwd=server.cwd,
             )
             return stdio_client(params, errlog=sys.stderr)
-        http_client = None
-        if server.headers:
-            http_client = httpx2.AsyncClient(headers=dict(server.headers), timeout=_HTTP_TIMEOUT)
-            stack.push_async_callback(http_client.aclose)
+
+        async def remember_status(response: httpx2.Response) -> None:
+            if response.status_code >= 400:  # the SDK reports these as a stand-in JSON-RPC error
+                self._http_status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+
+        http_client = httpx2.AsyncClient(
+            headers=dict(server.headers or {}),
+            timeout=_HTTP_TIMEOUT,
+            event_hooks={"response": [remember_status]},
+        )
+        stack.push_async_callback(http_client.aclose)
         return streamable_http_client(server.url, http_client=http_client)
+
+    def _status_note(self) -> str:
+        """`` (HTTP 401 Unauthorized)`` after an HTTP error status from the server (never its URL), else ``""``."""
+        status, self._http_status = self._http_status, None
+        if status is None:
+            return ""
+        hint = "; check the server's headers (credentials)" if status.split()[1] in ("401", "403") else ""
+        return f" ({status}{hint})"
 
     async def _serve(self, stop: anyio.Event) -> None:
         connected = False
         try:
-            async with AsyncExitStack() as stack:
-                client = mcp.Client(
-                    self._transport(stack),
-                    read_timeout_seconds=self.server.read_timeout,
-                    client_info=_CLIENT_INFO,
-                )
-                await stack.enter_async_context(client)
-                connected = True
-                self._client = client
-                self._ready.set()
-                logger.debug("MCP server %r: connected", self.label)
-                await stop.wait()
+            async with anyio.create_task_group() as watch:
+                # The context may exit while the server is still starting (nobody waits for it any more):
+                # then the connection attempt is given up, instead of holding the context's exit.
+                watch.start_soon(self._give_up_when, stop, watch.cancel_scope)
+                async with AsyncExitStack() as stack:
+                    client = mcp.Client(
+                        self._transport(stack),
+                        read_timeout_seconds=self.server.read_timeout,
+                        client_info=_CLIENT_INFO,
+                    )
+                    await stack.enter_async_context(client)
+                    connected = True
+                    self._client = client
+                    self._ready.set()
+                    logger.debug("MCP server %r: connected", self.label)
+                    await stop.wait()
+                watch.cancel_scope.cancel()
+            if not connected:
+                self._failure = "the MiniAgents context exited before the connection was made"
         except Exception as error:
             if connected:
-                self._failure = f"the connection was lost ({_describe(error)})"
+                self._failure = f"the connection was lost ({_describe(error)}){self._status_note()}"
                 logger.warning("MCP server %r: %s", self.label, self._failure)
             else:
-                self._failure = f"could not connect ({_describe(error)})"
+                self._failure = f"could not connect ({_describe(error)}){self._status_note()}"
         finally:
             self._client = None
             if self._failure is None:
                 self._failure = "the session is closed (its MiniAgents context exited)"
             self._ready.set()
+
+    async def _give_up_when(self, stop: anyio.Event, scope: anyio.CancelScope) -> None:
+        await stop.wait()
+        if self._client is None:
+            scope.cancel()
 
     def error(self, error: SDKError, tool: str | None) -> MCPError:
         """The error of this package for an error the SDK raised for a request."""
@@ -150,7 +178,7 @@ class _Connection:
                 code=str(code),
             )
         return MCPRequestError(
-            f"MCP server {self.label!r} rejected {what}: {error.error.message}",
+            f"MCP server {self.label!r} rejected {what}: {error.error.message}{self._status_note()}",
             server=self.label,
             tool=tool,
             code=str(code),
@@ -180,6 +208,13 @@ class _Connection:
             raise MCPConnectionError(
                 f"MCP server {self.label!r}: the connection closed during the call of tool {tool!r} "
                 f"({_describe(error)})",
+                server=self.label,
+                tool=tool,
+            ) from None
+        except RuntimeError as error:  # the SDK's check of a result against the tool's output schema
+            raise MCPToolError(
+                f"MCP tool {tool!r} of server {self.label!r} returned a result its own output schema "
+                f"rejects ({_describe(error)})",
                 server=self.label,
                 tool=tool,
             ) from None
