@@ -125,6 +125,22 @@ def anthropic_stream(
             },
         ),
     ]
+
+    def finish() -> ScriptedResponse:  # every way out: the events so far, delivered as asked
+        return _event_stream(
+            events,
+            "request-id",
+            request_id,
+            headers,
+            delay,
+            hang_after,
+            gate,
+            gate_after,
+            abort,
+            chunk_size,
+            newline,
+        )
+
     if pings:
         events.append(ev("ping", {}))
     if unknown_events:
@@ -203,36 +219,12 @@ def anthropic_stream(
                 )
         if error is not None:
             events.append(SSE({"type": "error", "error": dict(error)}, event="error"))
-            return _event_stream(
-                events,
-                "request-id",
-                request_id,
-                headers,
-                delay,
-                hang_after,
-                gate,
-                gate_after,
-                abort,
-                chunk_size,
-                newline,
-            )
+            return finish()
         events.append(ev("content_block_stop", {"index": index}))
         index += 1
     elif error is not None:
         events.append(SSE({"type": "error", "error": dict(error)}, event="error"))
-        return _event_stream(
-            events,
-            "request-id",
-            request_id,
-            headers,
-            delay,
-            hang_after,
-            gate,
-            gate_after,
-            abort,
-            chunk_size,
-            newline,
-        )
+        return finish()
     for n, call in enumerate(tool_uses):
         call_id = call.id or f"toolu_fake_{n}"
         events.append(
@@ -271,19 +263,7 @@ def anthropic_stream(
             )
         )
         events.append(ev("message_stop", {}))
-    return _event_stream(
-        events,
-        "request-id",
-        request_id,
-        headers,
-        delay,
-        hang_after,
-        gate,
-        gate_after,
-        abort,
-        chunk_size,
-        newline,
-    )
+    return finish()
 
 
 def anthropic_error(

@@ -86,6 +86,21 @@ def responses_stream(
     sequence = itertools.count()
     events: list[Step] = []
 
+    def finish() -> ScriptedResponse:  # every way out: the events so far, delivered as asked
+        return _event_stream(
+            events,
+            "x-request-id",
+            request_id,
+            headers,
+            delay,
+            hang_after,
+            gate,
+            gate_after,
+            abort,
+            chunk_size,
+            newline,
+        )
+
     def ev(kind: str, **payload: Any) -> None:
         events.append(SSE({"type": kind, "sequence_number": next(sequence), **payload}, event=kind))
 
@@ -172,19 +187,7 @@ def responses_stream(
             ev("response.output_text.delta", **common, delta=token, logprobs=[])
         if error is not None:
             ev("error", **{"code": None, "message": "fake error", "param": None, **dict(error)})
-            return _event_stream(
-                events,
-                "x-request-id",
-                request_id,
-                headers,
-                delay,
-                hang_after,
-                gate,
-                gate_after,
-                abort,
-                chunk_size,
-                newline,
-            )
+            return finish()
         content: list[dict[str, Any]] = []
         full = "".join(tokens)
         ev("response.output_text.done", **common, text=full, logprobs=[])
@@ -203,19 +206,7 @@ def responses_stream(
         output.append(message)
     elif error is not None:
         ev("error", **{"code": None, "message": "fake error", "param": None, **dict(error)})
-        return _event_stream(
-            events,
-            "x-request-id",
-            request_id,
-            headers,
-            delay,
-            hang_after,
-            gate,
-            gate_after,
-            abort,
-            chunk_size,
-            newline,
-        )
+        return finish()
     pieces = 0
     for n, call in enumerate(tool_calls):
         index = len(output)
@@ -263,16 +254,4 @@ def responses_stream(
             )
         else:
             ev("response.completed", response=response_object("completed", output, usage=final_usage))
-    return _event_stream(
-        events,
-        "x-request-id",
-        request_id,
-        headers,
-        delay,
-        hang_after,
-        gate,
-        gate_after,
-        abort,
-        chunk_size,
-        newline,
-    )
+    return finish()
