@@ -263,6 +263,7 @@ def _check_values(agent: str, values: Mapping[str, Any]) -> None:
             "leave it out or use api='chat_completions'"
         )
     _check_output(agent, values)
+    _check_cache_options(agent, values)
     _check_reasoning_and_usage(agent, values)
 
 
@@ -276,6 +277,10 @@ def _check_output(agent: str, values: Mapping[str, Any]) -> None:
     retries = values.get("output_retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
         raise ValueError(f"agent {agent!r}: output_retries must be an int >= 0, got {retries!r}")
+
+
+def _check_cache_options(agent: str, values: Mapping[str, Any]) -> None:
+    """Check ``cache_system`` / ``cache_tools`` (Anthropic prompt-caching breakpoints)."""
     for name in ("cache_system", "cache_tools"):
         if values.get(name) is not None:
             try:
