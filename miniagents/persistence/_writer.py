@@ -41,6 +41,11 @@ _MAX_KEPT_ERRORS = 20
 # INSERT OR IGNORE and a SELECT by key prefix, never a wrong id.  Large enough for a call of 100k messages.
 _ID_CACHE_LIMIT = 1 << 17
 _SELECT_CHUNK = 500
+# The message tuples of recent call records and their ids (see Writer._ids_of): a call's replies are most often
+# the next call's input (a pipeline, a forwarding agent), so its ids are looked up once, not once per record.
+_RECENT_SEQUENCES = 4
+# Shorter tuples are looked up each time: comparing them with the recent ones would cost as much.
+_MIN_REMEMBERED_SEQUENCE = 16
 # The cached key (set by the runtime, which computes every key before handing a message over); ``None`` when
 # it was not computed, which fails the id lookup and takes the slow path through the ``hash_key`` property.
 _cached_key = operator.attrgetter("_hash_key_cache")
@@ -204,6 +209,7 @@ class Writer:
         self._committed_one = threading.Event()  # set after every commit, for throttle()
         self._urgent = False
         self._ids: dict[str, int] = {}
+        self._recent_sequences: list[tuple[tuple[Message, ...], list[int]]] = []
         self._db: sqlite3.Connection | None = None
         self._max_variables = _MIN_VARIABLES
         self._thread = threading.Thread(
@@ -294,6 +300,8 @@ class Writer:
         wake = self._wake
         while True:
             if not queue:
+                # Idle: let go of the recent calls' messages (kept only to serve the next records of a burst).
+                self._recent_sequences = []
                 wake.wait()
                 wake.clear()
                 continue
@@ -401,6 +409,7 @@ class Writer:
                 return message_id
 
             calls: list[tuple[CallRecord, list[int], list[int]]] = []
+            mapped: list[tuple[tuple[Message, ...], list[int]]] = []  # this batch's, for _ids_of
             simple = _SIMPLE_CLASS
             prefix_of = key_prefix
             for item in batch:
@@ -420,8 +429,8 @@ class Writer:
                     else:
                         ensure(item)
                 else:
-                    inputs = self._ids_of(item.input_messages, ensure)
-                    calls.append((item, inputs, self._ids_of(item.reply_messages, ensure)))
+                    inputs = self._ids_of(item.input_messages, ensure, mapped)
+                    calls.append((item, inputs, self._ids_of(item.reply_messages, ensure, mapped)))
             if rows or simple_rows:
                 before = db.total_changes
                 for cls, flat in simple_rows.items():
@@ -435,10 +444,16 @@ class Writer:
                         inserted += self._store_collided(db, collided, rows, simple_rows, now, new, remap)
                     if remap:
                         refs = [(remap.get(p, p), pos, remap.get(c, c)) for p, pos, c in refs]
-                        calls = [
-                            (r, [remap.get(i, i) for i in ins], [remap.get(i, i) for i in outs])
-                            for r, ins, outs in calls
-                        ]
+                        remapped: dict[int, list[int]] = {}  # by id(): a list may serve several calls
+
+                        def fix(old: list[int]) -> list[int]:
+                            fixed = remapped.get(id(old))
+                            if fixed is None:
+                                fixed = remapped[id(old)] = [remap.get(i, i) for i in old]
+                            return fixed
+
+                        calls = [(r, fix(ins), fix(outs)) for r, ins, outs in calls]
+                        mapped = [(messages, fix(message_ids)) for messages, message_ids in mapped]
                 inserted_messages = inserted
             else:
                 inserted_messages = 0
@@ -455,19 +470,40 @@ class Writer:
         if len(ids) + len(new) > _ID_CACHE_LIMIT:
             ids.clear()
         ids.update(new)
+        if mapped:  # committed: their ids are real now
+            self._recent_sequences = (mapped[::-1] + self._recent_sequences)[:_RECENT_SEQUENCES]
         if self.on_commit is None:
             return []
         keys = list(new)
         keys.extend(item.hash_key for item in batch if isinstance(item, Message) and item.hash_key not in new)
         return keys
 
-    def _ids_of(self, messages: Sequence[Message], ensure: Callable[[Message], int]) -> list[int]:
-        """The message ids of *messages* (a call's inputs or replies), storing those not stored yet."""
+    def _ids_of(
+        self,
+        messages: tuple[Message, ...],
+        ensure: Callable[[Message], int],
+        mapped: list[tuple[tuple[Message, ...], list[int]]],
+    ) -> list[int]:
+        """The message ids of *messages* (a call's inputs or replies), storing those not stored yet.
+
+        A tuple equal to one mapped in this batch (*mapped*) or in a recent commit gets that one's ids (the same
+        list: the caller only reads it).  Equal tuples hold equal messages, so equal keys: the comparison
+        (identity first, element by element, in C) is what makes a pipeline's records cheap.
+        """
+        long = len(messages) >= _MIN_REMEMBERED_SEQUENCE
+        if long:
+            for known in (mapped, self._recent_sequences):
+                for seen, seen_ids in known:
+                    if seen is messages or (len(seen) == len(messages) and seen == messages):
+                        return seen_ids
         ids = self._ids
         try:  # the common case: every message was persisted (by an earlier item or batch) already
-            return list(map(ids.__getitem__, map(_cached_key, messages)))
+            found = list(map(ids.__getitem__, map(_cached_key, messages)))
         except KeyError:
-            return [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in messages]
+            found = [ids[k] if (k := m.hash_key) in ids else ensure(m) for m in messages]
+        if long:
+            mapped.append((messages, found))
+        return found
 
     @staticmethod
     def _existing(db: sqlite3.Connection, new: dict[str, int]) -> tuple[dict[int, int], list[str]]:
@@ -569,11 +605,19 @@ class Writer:
             new_calls = [offset for offset in new_calls if first + offset in stored]
         links: list[Any] = []
         runs: dict[str, tuple[float, float]] = {}
+        packed: dict[int, bytes] = {}  # by id(): one list of ids often serves several calls (see _ids_of)
+
+        def pack(message_ids: list[int]) -> bytes:
+            blob = packed.get(id(message_ids))
+            if blob is None:
+                blob = packed[id(message_ids)] = pack_ids(message_ids)
+            return blob
+
         for offset in new_calls:
             record, input_ids, reply_ids = calls[offset]
             call = first + offset
-            links += (call, "input", len(input_ids), pack_ids(input_ids))
-            links += (call, "reply", len(reply_ids), pack_ids(reply_ids))
+            links += (call, "input", len(input_ids), pack(input_ids))
+            links += (call, "reply", len(reply_ids), pack(reply_ids))
             span = runs.get(record.run_id)
             runs[record.run_id] = (
                 (record.started_at, record.finished_at)

@@ -451,3 +451,90 @@ async def test_kwargs_passed_by_reference_are_stored_as_descriptions(tmp_path: P
         "http_client": "<httpx.AsyncClient object>",
         "n": 1,
     }
+
+
+# -- call records that share their messages (the writer maps a recent tuple once) -----------------------------
+@miniagent
+async def forward_all(ctx: InteractionContext) -> None:
+    async for message in ctx.messages:
+        ctx.reply(message)
+
+
+@miniagent
+async def copy_all(ctx: InteractionContext) -> None:
+    async for message in ctx.messages:
+        ctx.reply(TextMessage(content=message.content))  # equal, not the same object
+
+
+@pytest.mark.parametrize("stored_before", [0, 7, 40])
+async def test_a_pipeline_s_calls_read_back_with_their_own_messages(
+    tmp_path: Path, stored_before: int
+) -> None:
+    """Each call's inputs and replies read back as they were, whether its messages are the same objects as
+    another call's, equal copies, or stored already by an earlier run (their ids are then remapped)."""
+    path = tmp_path / "pipeline.db"
+    contents = [f"p{i}" for i in range(40)]
+    if stored_before:
+        async with MiniAgents(store=SQLiteStore(path)):
+            await forward_all.inquire(contents[:stored_before:-1] + contents[:stored_before])
+    async with MiniAgents(store=SQLiteStore(path)) as mas:
+        seq = forward_all.inquire(contents)
+        seq = copy_all.inquire(seq)
+        seq = forward_all.inquire(seq)
+        seq = forward_all.inquire([*contents[::-1]])  # the same messages, another order
+        await seq
+        run_id = mas.run_id
+    with StoreReader(path) as reader:
+        calls = reader.calls(run_id=run_id)
+        assert len(calls) == 4
+        expected = [contents] * 3 + [contents[::-1]]
+        for call, order in zip(calls, expected, strict=True):
+            assert [m.content for m in reader.inputs(call)] == order
+            assert [m.content for m in reader.replies(call)] == order
+
+
+def test_a_later_transaction_reuses_a_recent_call_s_ids_only_as_committed(tmp_path: Path) -> None:
+    """A record in a later transaction whose messages equal a recent record's gets that record's ids: the ids
+    the rows really have, also when that earlier transaction found some of its messages stored already.
+
+    Drives the writer's transactions directly (in the running store they follow one another within a burst).
+    """
+    from miniagents.persistence import _writer
+
+    path = str(tmp_path / "recent.db")
+    messages = tuple(TextMessage(content=f"r{i}") for i in range(30))
+    for message in messages:
+        _ = message.hash_key  # the runtime hands messages over with their keys computed
+    now = time.time()
+
+    def record(call_id: int, inputs: tuple[Message, ...]) -> CallRecord:
+        return CallRecord(
+            run_id="run",
+            call_id=call_id,
+            parent_call_id=None,
+            agent_alias="a",
+            kwargs={},
+            started_at=now,
+            finished_at=now,
+            outcome="completed",
+            input_messages=inputs,
+            reply_messages=inputs,
+        )
+
+    writer = _writer.Writer(path, batch_size=100, flush_interval=0, durable=False, timeout=5, on_commit=None)
+    writer._db = _writer.connect(path, timeout=5, durable=False)
+    try:
+        writer._write(list(messages[::2]))  # stored first: their ids are not the ones the next batch assumes
+        writer._ids.clear()  # as in a new store
+        writer._write([*messages[::-1], record(1, messages)])
+        writer._write(
+            [record(2, tuple(TextMessage(content=m.content) for m in messages)), record(3, messages)]
+        )
+    finally:
+        writer._db.close()
+    with StoreReader(path) as reader:
+        calls = reader.calls(run_id="run")
+        assert len(calls) == 3
+        for call in calls:
+            assert [m.content for m in reader.inputs(call)] == [m.content for m in messages]
+            assert [m.content for m in reader.replies(call)] == [m.content for m in messages]
