@@ -171,6 +171,7 @@ class AgentCall:
         "_initiator",
         "_input",
         "_input_alias",
+        "_input_origin",
         "_input_sent",
         "_input_sequence",
         "_observations",
@@ -213,6 +214,8 @@ class AgentCall:
         # inquire(other_call_replies): the input *is* that sequence, shared instead of copied message by
         # message (a replay buffer serves any number of consumers).  Set while it is the only thing sent.
         self._input_alias: MessageSequencePromise | None = None
+        # The sequence the alias views (another call's replies, say): the call's record shares its messages.
+        self._input_origin: MessageSequencePromise | None = None
         self._input_sent = False
         self._replies = SequenceBuilder(context, self)
         self._replies.on_pump_error = self._fail_from_pump
@@ -231,7 +234,7 @@ class AgentCall:
         """Send *messages* to the call's input (flattened, in order); return the call for chaining."""
         alias = self._input_alias
         if alias is not None:  # more input after a shared sequence: copy it after all, in order
-            self._input_alias = None
+            self._input_alias = self._input_origin = None
             self._input.send(alias)
         elif (
             not self._input_sent
@@ -244,6 +247,7 @@ class AgentCall:
             self._input_sent = True
             # A view of the same buffer: `ctx.messages` is only read, never the handle that scopes that call.
             self._input_alias = MessageSequencePromise._from_buffer(messages._buffer)
+            self._input_origin = messages
             return self
         self._input_sent = True
         try:
@@ -269,7 +273,9 @@ class AgentCall:
         if alias is not None:
             if not self._input.open:
                 return alias  # finished: nothing else can follow the shared sequence
-            self._input_alias = None  # still open: later sends must follow it, so copy it
+            self._input_alias = self._input_origin = (
+                None  # still open: later sends must follow it, so copy it
+            )
             self._input.send(alias)
         return self._input_sequence
 
@@ -574,8 +580,8 @@ class AgentCall:
             outcome=outcome,
             error_type=None if failure is None else type(failure).__name__,
             error=None if failure is None else f"{type(failure).__name__}: {failure}",
-            input_messages=_resolved_messages((self._input_alias or self._input_sequence)._buffer.pieces),
-            reply_messages=_resolved_messages(self._replies.buffer.pieces),
+            input_messages=_recorded_messages(self._input_origin or self._input_sequence),
+            reply_messages=_recorded_messages(self._reply_sequence),
         )
 
 
@@ -599,9 +605,28 @@ def _outcome(failure: BaseException | None, *, cancelled: bool) -> CallOutcome:
     return "failed" if failure is not None else ("cancelled" if cancelled else "completed")
 
 
-def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:
+def _recorded_messages(sequence: MessageSequencePromise) -> tuple[Message, ...]:
+    """The messages of *sequence* for a call record.
+
+    When it ended cleanly and holds plain messages only, the tuple is also what awaiting it returns, kept on the
+    sequence: a call's replies are often the next call's input, and both records then share one tuple (which
+    the store's writer recognises by identity).  Sequences with message promises are not kept: awaiting them
+    must still mark the errors of ``errors_as_messages`` observed.
+    """
+    whole: tuple[Message, ...] | None = sequence._whole
+    if whole is not None:
+        return whole
+    buffer = sequence._buffer
+    items = buffer.pieces
     if all(map(isinstance, items, itertools.repeat(Message))):  # the common case, at C speed (1M-item calls)
-        return tuple(items)  # type: ignore[arg-type]
+        messages: tuple[Message, ...] = tuple(items)  # type: ignore[arg-type]
+        if buffer.done and buffer.error is None:
+            sequence._whole = messages
+        return messages
+    return _resolved_messages(items)
+
+
+def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:
     result: list[Message] = []
     for item in items:
         if isinstance(item, Message):

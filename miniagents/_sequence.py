@@ -162,9 +162,9 @@ class MessageSequencePromise(StreamedPromise[Message, tuple[Message, ...]]):
         if whole is not None:
             return whole  # type: ignore[no-any-return]
         messages = [message async for message in _MessageIterator(self._buffer)]
-        result = tuple(messages)
-        self._whole = result
-        return result
+        if self._whole is None:  # (a call's record may have kept the tuple meanwhile: one tuple for all)
+            self._whole = tuple(messages)
+        return self._whole  # type: ignore[no-any-return]
 
     async def as_single_text(self, separator: str = "\n\n") -> str:
         """Wait for every message and return their contents joined by *separator*."""

@@ -412,18 +412,26 @@ class Writer:
             mapped: list[tuple[tuple[Message, ...], list[int]]] = []  # this batch's, for _ids_of
             simple = _SIMPLE_CLASS
             prefix_of = key_prefix
+            last_type: type | None = (
+                None  # the rows of the last content-only class seen (batches are uniform)
+            )
+            flat: list[Any] = []
             for item in batch:
                 if isinstance(item, Message):
                     key = _cached_key(item) or item.hash_key
                     if key in ids or key in new:
                         continue
-                    cls = simple[type(item)]
                     extra = item._extra
-                    if cls is not None and (extra is EMPTY or not extra):  # content only: no encoding at all
+                    if type(item) is last_type and (extra is EMPTY or not extra):
                         new[key] = next_id
-                        flat = simple_rows.get(cls)
-                        if flat is None:
-                            flat = simple_rows[cls] = []
+                        flat += (next_id, prefix_of(key), key, item.content)
+                        next_id += 1
+                        continue
+                    cls = simple[type(item)]
+                    if cls is not None and (extra is EMPTY or not extra):  # content only: no encoding at all
+                        last_type = type(item)
+                        flat = simple_rows.setdefault(cls, [])
+                        new[key] = next_id
                         flat += (next_id, prefix_of(key), key, item.content)
                         next_id += 1
                     else:

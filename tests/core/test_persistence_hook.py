@@ -442,3 +442,18 @@ async def test_persistence_handlers_see_their_own_context_as_current() -> None:
     async with MiniAgents(), MiniAgents(on_persist_message=handler) as inner:
         await echo.inquire("hi")
     assert seen == [inner, inner]
+
+
+async def test_a_pipeline_s_records_share_the_tuple_of_the_messages_passed_along() -> None:
+    """A call's replies, when they are the next call's input, are one tuple in both records (and what awaiting
+    the replies returns): the store maps it to ids once."""
+    records: list[CallRecord] = []
+    async with MiniAgents(on_persist_message=lambda m: None, on_call_finished=records.append):
+        first = echo.inquire(["a", "b"])
+        second = echo.inquire(first)
+        replies = await first
+        await second
+    by_call = {record.call_id: record for record in records}
+    first_record, second_record = sorted(by_call.values(), key=lambda r: r.call_id)
+    assert first_record.reply_messages is second_record.input_messages
+    assert replies is first_record.reply_messages
