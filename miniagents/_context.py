@@ -19,7 +19,7 @@ import logging
 import sys
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import TracebackType
@@ -87,14 +87,6 @@ class Store(Protocol):
     of its lifetime: the store may then be handed a message again after its key was dropped from that cache,
     and must store it once all the same.  Without the attribute a store gets each distinct message exactly once
     per context, at the memory cost described under ``dedup_cache_size``.
-
-    Optional attribute ``nonblocking_handlers``: a store whose handler methods are plain functions returning
-    ``None`` (never awaitables) that may be called from any task of the context (they only queue the items for
-    a thread of the store's own) sets it to ``True``, as ``SQLiteStore`` does.  When every handler of a context belongs to
-    such a store, the task that produces messages hands them over itself every few thousand messages, instead
-    of leaving it all to the context's persistence task: an agent that finds its input ready never yields to
-    that task, and the store's thread would otherwise sit idle until the agents are done.  Order and the
-    exactly-once rule are the same either way.
     """
 
     def on_persist_message(self, message: Message) -> Awaitable[None] | None:
@@ -109,21 +101,6 @@ _CANCELLED_NOTE = (
 _log = logging.getLogger("miniagents")
 
 _activations = itertools.count(1)
-
-#: When every handler is non-blocking (``Store.nonblocking_handlers``), the producing task hands the queue over
-#: itself once it holds this many items.
-INLINE_HANDOVER_ITEMS = 4096
-
-
-#: What a persistence handler returned that must be awaited, the handler and the item it was given.
-_Pending = tuple[Awaitable[Any], Callable[[Any], Any], "Message | CallRecord | list[Message]"]
-
-
-def _nonblocking(handler: Any) -> bool:
-    """Whether *handler* is a method of a store that declares ``nonblocking_handlers = True``."""
-    owner = getattr(handler, "__self__", None)
-    return owner is not None and getattr(owner, "nonblocking_handlers", False) is True
-
 
 #: How long persistence may go on draining when a ``MiniAgents`` block is cancelled.
 PERSISTENCE_GRACE_SECONDS = 1.0
@@ -293,18 +270,15 @@ class MiniAgents:
         self._dedup_cache_size = cache_bound(self._dedup_requested, [*self._handlers, *self._batch_handlers])
         self._dedup_generation = generation_size(self._dedup_cache_size)
         self._install_persist()
-        self._inline_handover = False  # see Store.nonblocking_handlers; set by _update_inline_handover
         self._activation = 0
         self._persist_queue: deque[Message | CallRecord] = deque()
         # Taken from the queue by the worker and not handed over yet (see _persistence_loop).
         self._persist_batch: list[Message | CallRecord] = []
         self._persist_pos = 0  # the next item for the per-message and call handlers
         self._persist_batched = 0  # the batch handlers have the messages before this index
-        self._persist_busy = False  # the worker is inside _hand_over (maybe awaiting a handler)
         self._persist_event: anyio.Event | None = None
         self._persist_closing = False
         self._persisted = 0
-        self._update_inline_handover()
         self._resources: dict[Hashable, tuple[Any, Callable[[Any], Awaitable[None]] | None]] = {}
         self._tokens: tuple[Token[ContextLike | None], Token[CallLike | None]] | None = None
         self._block_writers: list[WriterLike] = []
@@ -383,7 +357,6 @@ class MiniAgents:
             raise TypeError(f"on_persist_message handlers must be callables, got {handler!r}")
         self._handlers.append(handler)
         self._update_dedup()
-        self._update_inline_handover()
         return handler
 
     def on_call_finished(self, handler: CallHandler) -> CallHandler:
@@ -391,7 +364,6 @@ class MiniAgents:
         if not callable(handler):
             raise TypeError(f"on_call_finished handlers must be callables, got {handler!r}")
         self._call_handlers.append(handler)
-        self._update_inline_handover()
         return handler
 
     @property
@@ -508,14 +480,11 @@ class MiniAgents:
         if (extra is not EMPTY and extra) or _CONTENT_ONLY_PREFIX[type(message)] is None:
             for sub in message.sub_messages():
                 self._persist(sub)
-        queue = self._persist_queue
-        queue.append(message)  # _enqueue, inlined
+        self._persist_queue.append(message)  # _enqueue, inlined
         event = self._persist_event
         if event is not None:
             self._persist_event = None
             event.set()
-        if self._inline_handover and len(queue) >= INLINE_HANDOVER_ITEMS:
-            self._hand_over_inline()
 
     def _persist_bounded(self, message: Message) -> None:
         """:meth:`_persist` with a bounded cache of recent keys (miniagents/_dedup.py); correct in both modes.
@@ -573,38 +542,6 @@ class MiniAgents:
         else:
             self.__dict__["_persist"] = self._persist_bounded
 
-    def _update_inline_handover(self) -> None:
-        """Decide again whether producing tasks hand items over themselves (after a handler was added)."""
-        handlers = [*self._handlers, *self._batch_handlers, *self._call_handlers]
-        self._inline_handover = bool(handlers) and all(_nonblocking(handler) for handler in handlers)
-
-    def _hand_over_inline(self) -> None:
-        """Hand the queued items over now, in the producing task (every handler is non-blocking).
-
-        Leaves the queue to the persistence task while that task is in the middle of a batch (it cannot be
-        with non-blocking handlers, which never suspend it; checked all the same), so items keep their order
-        and none is handed over twice.
-        """
-        if self._persist_busy:
-            return
-        queue = self._persist_queue
-        items = self._persist_batch = list(queue)
-        queue.clear()
-        self._persist_pos = self._persist_batched = 0
-        for result, handler, _item in self._hand_over_steps(items):
-            # Declared non-blocking, yet it returned an awaitable: nobody here can await it.
-            close = getattr(result, "close", None)
-            if callable(close):
-                close()
-            self._ledger.record_error(
-                TypeError(
-                    f"persistence handler {handler!r} returned an awaitable, but its store declares"
-                    " nonblocking_handlers = True: such a store's handlers must return None"
-                )
-            )
-        self._persist_batch = []
-        self._persist_pos = self._persist_batched = 0
-
     def _record_call(self, record: CallRecord) -> None:
         """Queue a finished call's record for the ``on_call_finished`` handlers."""
         if self._call_handlers:
@@ -646,11 +583,7 @@ class MiniAgents:
                     self._persist_batch = list(queue)
                     self._persist_pos = self._persist_batched = 0
                     queue.clear()
-                self._persist_busy = True
-                try:
-                    await self._hand_over(self._persist_batch)
-                finally:
-                    self._persist_busy = False
+                await self._hand_over(self._persist_batch)
                 self._persist_batch = []
                 self._persist_pos = self._persist_batched = 0
             if self._persist_closing:
@@ -659,20 +592,6 @@ class MiniAgents:
             await event.wait()
 
     async def _hand_over(self, items: list[Message | CallRecord]) -> None:
-        for result, handler, item in self._hand_over_steps(items):
-            try:
-                await result
-            except Exception as exc:
-                self._ledger.record_error(_with_handler_note(exc, handler, item))
-
-    def _hand_over_steps(self, items: list[Message | CallRecord]) -> Iterator[_Pending]:
-        """Hand *items* to the handlers, from ``_persist_pos`` on; yield each awaitable a handler returned.
-
-        Yields ``(awaitable, handler, item)``: the caller awaits it (recording its error) before the next step,
-        so every handler sees the items in order.  Plain handlers run without suspending anything.  The
-        positions are advanced before each handover, so a caller that stops (cancelled while awaiting) resumes
-        with a new generator where this one stopped.
-        """
         end = len(items)
         while self._persist_pos < end:
             start = self._persist_pos
@@ -680,7 +599,7 @@ class MiniAgents:
             if isinstance(item, CallRecord):
                 self._persist_pos = start + 1
                 for call_handler in self._call_handlers:
-                    yield from self._call_handler(call_handler, item)
+                    await self._call_handler(call_handler, item)
                 continue
             stop = start + 1
             while stop < end and not isinstance(items[stop], CallRecord):
@@ -692,32 +611,28 @@ class MiniAgents:
                 if self._batch_handlers:
                     messages = cast("list[Message]", items[batched:stop] if batched or stop < end else items)
                     for batch_handler in self._batch_handlers:
-                        yield from self._call_handler(batch_handler, messages)
+                        await self._call_handler(batch_handler, messages)
             handlers = self._handlers
             if handlers:
                 for position in range(start, stop):
                     self._persist_pos = position + 1
                     message = cast(Message, items[position])
-                    for handler in handlers:  # inlined _call_handler: one generator less per message
+                    for handler in handlers:  # inlined _call_handler: one await less per message
                         try:
                             result = handler(message)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
                         except Exception as exc:
                             self._ledger.record_error(_with_handler_note(exc, handler, message))
-                        else:
-                            if result is not None and inspect.isawaitable(result):
-                                yield result, handler, message
             self._persist_pos = stop
 
-    def _call_handler(
-        self, handler: Callable[[Any], Any], item: CallRecord | list[Message]
-    ) -> Iterator[_Pending]:
+    async def _call_handler(self, handler: Callable[[Any], Any], item: CallRecord | list[Message]) -> None:
         try:
             result = handler(item)
+            if result is not None and inspect.isawaitable(result):
+                await result
         except Exception as exc:
             self._ledger.record_error(_with_handler_note(exc, handler, item))
-        else:
-            if result is not None and inspect.isawaitable(result):
-                yield result, handler, item
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def __aenter__(self) -> MiniAgents:

@@ -86,9 +86,6 @@ class SQLiteStore:
     #: Part of the :class:`~miniagents.Store` protocol: a message handed over again (after the context dropped
     #: its key from its bounded cache, or in a later run) is found by its key and not stored twice.
     deduplicates_by_hash_key = True
-    #: Part of the :class:`~miniagents.Store` protocol: the handlers only queue items for the writer thread
-    #: (plain methods, safe to call from any task), so the agents' own tasks hand messages over as they go.
-    nonblocking_handlers = True
 
     def __init__(
         self,
