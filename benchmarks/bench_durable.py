@@ -26,8 +26,8 @@ the medians are reported, with the ratios durable/raw (target: within 1.5x) and 
     python benchmarks/bench_durable.py [--calls 300] [--reps 3] [--exchanges 1] [--backends trio asyncio]
     python benchmarks/bench_durable.py --quick          # a smoke run: 40 calls, 1 rep
 
-The durable package may live elsewhere before it is merged: ``--durable-path DIR`` is put first on the
-workers' ``PYTHONPATH`` for the ``durable`` variant only.
+To measure a tree other than this one (the durable package before it is merged), ``--durable-path DIR`` puts
+``DIR`` first on every worker's ``PYTHONPATH``: all variants then run that tree's ``miniagents``.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ import contextlib
 import gc
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -122,32 +123,32 @@ def _worker_inprocess(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _worker_durable(args: argparse.Namespace) -> dict[str, Any]:
-    # Coded against the API of issue #14: durable(agent, queue=None); await run(agent, input, run_id=...).
-    # The system database is given as DBOS's own setting (see the comment at `configure`).
-    from miniagents import durable as durable_package
+    from miniagents import (
+        MiniAgents,
+        durable,
+    )  # the package, imported from miniagents (first-party for isort)
 
-    agent = durable_package.durable(bench_agent)
+    # run() takes no call kwargs: the agent's options are default kwargs of a fork (as secrets would be).
     options = {"base_url": args.base_url, "model": f"bench-{args.tokens}", "exchanges": args.exchanges}
-    database = f"sqlite:///{args.db}"
-    configure = getattr(durable_package, "configure", None)
-    if configure is not None:
-        configure(database=database)
-    os.environ.setdefault("MINIAGENTS_DURABLE_DB", database)
+    agent = durable.durable(bench_agent.fork(**options))
+
+    @contextlib.asynccontextmanager
+    async def context() -> AsyncIterator[None]:
+        async with MiniAgents(), durable.DurableRuntime(f"sqlite:///{args.db}"):
+            yield
 
     async def run_calls(start: int, count: int) -> None:
         for index in range(start, start + count):
             message = TextMessage(content=input_text(args.input_chars, index))
-            replies = await durable_package.run(
-                agent.fork(**options) if hasattr(agent, "fork") else agent, message, run_id=f"bench-{index}"
-            )
+            replies = await durable.run(agent, message, run_id=f"bench-{index}")
             _check("".join(str(reply) for reply in replies), args.tokens)
 
-    return _timed(run_calls, args.backend, args.warmup, args.calls)
+    return _timed(run_calls, args.backend, args.warmup, args.calls, context)
 
 
 def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
-    from dbos import DBOS
+    from dbos import DBOS, DBOSPortableJSONSerializer
 
     if args.backend != "asyncio":
         raise SystemExit("the raw DBOS variant runs on asyncio only")
@@ -157,19 +158,19 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
     client: list[httpx.AsyncClient] = []  # made on the event loop that uses it
 
     @DBOS.step()
-    async def llm_exchange(body: bytes) -> dict[str, Any]:
-        async with client[0].stream("POST", url, content=body, headers=headers) as response:
+    async def llm_exchange(body: str) -> dict[str, Any]:
+        async with client[0].stream("POST", url, content=body.encode("utf-8"), headers=headers) as response:
             raw = await response.aread()
         response.raise_for_status()
         return {
             "status": response.status_code,
-            "headers": [(name, response.headers[name]) for name in kept if name in response.headers],
-            "body": raw,
+            "headers": [[name, response.headers[name]] for name in kept if name in response.headers],
+            "text": raw.decode("utf-8"),
         }
 
     @DBOS.workflow()
-    async def raw_call(message: dict[str, Any], model: str, exchanges: int) -> dict[str, Any]:
-        history: list[dict[str, str]] = [{"role": "user", "content": message["content"]}]
+    async def raw_call(inputs: list[dict[str, Any]], model: str, exchanges: int) -> dict[str, Any]:
+        history: list[dict[str, str]] = [{"role": "user", "content": inputs[0]["content"]}]
         for turn in range(exchanges):
             if turn:
                 history.append({"role": "user", "content": FOLLOW_UP})
@@ -179,26 +180,27 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
-            recorded = await llm_exchange(json.dumps(request, ensure_ascii=False).encode("utf-8"))
-            history.append({"role": "assistant", "content": _sse_text(recorded["body"])})
-        return {"class_": "TextMessage", **history[-1]}
+            recorded = await llm_exchange(json.dumps(request, ensure_ascii=False))
+            history.append({"role": "assistant", "content": _sse_text(recorded["text"])})
+        return {"replies": [{"class_": "TextMessage", **history[-1]}]}
 
-    DBOS(
-        config={
-            "name": "bench-durable-raw",
-            "system_database_url": f"sqlite:///{args.db}",
-            "log_level": "WARNING",
-        }
-    )
+    config: Any = {
+        "name": "bench-durable-raw",
+        "system_database_url": f"sqlite:///{args.db}",
+        "log_level": "WARNING",
+    }
+    if args.raw_serializer == "json":
+        config["serializer"] = DBOSPortableJSONSerializer()
+    DBOS(config=config)
     DBOS.launch()
 
     async def run_calls(start: int, count: int) -> None:
         if not client:
             client.append(httpx.AsyncClient(timeout=60.0))
         for index in range(start, start + count):
-            message = {"class_": "TextMessage", "content": input_text(args.input_chars, index)}
-            reply = await raw_call(message, f"bench-{args.tokens}", args.exchanges)
-            _check(reply["content"], args.tokens)
+            inputs = [{"class_": "TextMessage", "content": input_text(args.input_chars, index)}]
+            outcome = await raw_call(inputs, f"bench-{args.tokens}", args.exchanges)
+            _check(outcome["replies"][0]["content"], args.tokens)
 
     try:
         return _timed(run_calls, "asyncio", args.warmup, args.calls)
@@ -206,15 +208,25 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
         DBOS.destroy()
 
 
-def _sse_text(body: bytes) -> str:
+def _sse_text(body: str) -> str:
     """The answer text of a Chat Completions SSE body."""
     parts: list[str] = []
-    for line in body.decode("utf-8").splitlines():
+    for line in body.splitlines():
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         for choice in json.loads(line[6:]).get("choices") or ():
             parts.append((choice.get("delta") or {}).get("content") or "")
     return "".join(parts)
+
+
+def _recorded(db: str, calls: int) -> dict[str, float]:
+    """Workflows and steps per call in the SQLite system database (proof that the calls were durable)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        workflows = conn.execute("SELECT count(*) FROM workflow_status WHERE status = 'SUCCESS'").fetchone()[
+            0
+        ]
+        steps = conn.execute("SELECT count(*) FROM operation_outputs").fetchone()[0]
+    return {"workflows_per_call": workflows / calls, "steps_per_call": steps / calls}
 
 
 WORKERS = {"inprocess": _worker_inprocess, "durable": _worker_durable, "raw": _worker_raw}
@@ -254,24 +266,18 @@ class StreamServer:
             self.proc.wait()
 
 
-def _run_worker(
-    variant: str, backend: str, args: argparse.Namespace, base_url: str, db: Path
-) -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", variant, "--backend", backend, "--base-url", base_url]
-    command += ["--db", str(db), "--calls", str(args.calls), "--warmup", str(args.warmup)]
-    command += [
-        "--exchanges",
-        str(args.exchanges),
-        "--tokens",
-        str(args.tokens),
-        "--input-chars",
-        str(args.input_chars),
+def _run_worker(variant: str, backend: str, args: argparse.Namespace, url: str, db: Path) -> dict[str, float]:
+    options = {"worker": variant, "backend": backend, "base-url": url, "db": db, "calls": args.calls}
+    options |= {"warmup": args.warmup, "exchanges": args.exchanges, "tokens": args.tokens}
+    options |= {"input-chars": args.input_chars, "raw-serializer": args.raw_serializer}
+    command = [
+        sys.executable,
+        __file__,
+        *(part for key, value in options.items() for part in (f"--{key}", str(value))),
     ]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    if variant == "durable" and args.durable_path:
-        env["PYTHONPATH"] = os.pathsep.join([str(args.durable_path), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
+    if args.durable_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.durable_path), env.get("PYTHONPATH")]))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{variant} on {backend} failed:\n{result.stderr[-4000:]}")
@@ -292,7 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input-chars", type=int, default=2000, help="characters of the input message")
     parser.add_argument("--backends", nargs="+", default=["trio", "asyncio"], choices=["trio", "asyncio"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--durable-path", type=Path, help="put first on PYTHONPATH for the durable variant")
+    parser.add_argument(
+        "--raw-serializer",
+        choices=["json", "pickle"],
+        default="json",
+        help="raw DBOS's serializer: json (DBOS's portable JSON, as miniagents.durable uses) or pickle (its default)",
+    )
+    parser.add_argument("--durable-path", type=Path, help="a tree to put first on the workers' PYTHONPATH")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 40 calls, 5 warm-up, 1 rep")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="asyncio", help=argparse.SUPPRESS)
@@ -301,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         result = WORKERS[args.worker](args)
+        if args.worker != "inprocess":
+            result |= _recorded(args.db, args.warmup + args.calls)
         import miniagents
 
         result["package"] = miniagents.__file__
@@ -332,9 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {args.warmup} warm-up); a call = {args.input_chars}-character input, {args.exchanges} model"
         f" exchange(s) of {args.tokens} streamed tokens (w6_server.py, another process); SQLite system database"
     )
-    print(f"{'variant':<11}{'backend':<9}{'wall µs':>10}{'cpu µs':>10}")
+    print(f"{'variant':<11}{'backend':<9}{'wall µs':>10}{'cpu µs':>10}  recorded per call")
     for (variant, backend), values in median.items():
-        print(f"{variant:<11}{backend:<9}{values['wall_us']:>10.0f}{values['cpu_us']:>10.0f}")
+        recorded = samples[variant, backend][0]
+        note = ""
+        if "workflows_per_call" in recorded:
+            note = f"  {recorded['workflows_per_call']:g} workflow(s), {recorded['steps_per_call']:g} step(s)"
+        print(f"{variant:<11}{backend:<9}{values['wall_us']:>10.0f}{values['cpu_us']:>10.0f}{note}")
     raw = median.get(("raw", "asyncio"))
     for backend in args.backends:
         durable_cost = median.get(("durable", backend))
