@@ -12,15 +12,20 @@ client's CPU time).  Variants:
     the same ``bench_agent`` marked ``durable()`` and called with ``miniagents.durable.run(..., run_id=...)``
     (a new run id per call) on a SQLite system database: one workflow per call, one step per exchange.
 ``raw``
-    a DBOS workflow written directly against ``dbos`` on SQLite (asyncio, DBOS's own loop): the same requests
-    from an ``httpx.AsyncClient``, one ``@DBOS.step`` per exchange returning the raw response (status, kept
-    headers, body bytes, as the durable layer records it), the workflow parsing the SSE answer and returning
-    a message-shaped dict; its input is the input message's dict.  No miniagents.
+    a DBOS workflow written directly against ``dbos`` on SQLite, run on the worker's asyncio loop: the same
+    request bodies (byte for byte the size of ``openai_agent``'s) from an ``httpx.AsyncClient``, one
+    ``@DBOS.step`` per exchange returning the raw response (status, kept headers, body text: what the durable
+    layer records), the workflow parsing the SSE answer and returning message-shaped dicts; its input is the
+    input message's dict.  DBOS's portable JSON serializer, as ``miniagents.durable`` uses (``--raw-serializer
+    pickle``: DBOS's default).  No miniagents.
 
 Each worker is a subprocess (DBOS is a process-wide singleton) with a fresh SQLite file: it makes ``--warmup``
 calls, then times ``--calls`` sequential calls (wall clock and CPU time of the whole process, DBOS's threads
-included).  ``--reps`` workers per variant and backend run interleaved (the order alternates each round) and
-the medians are reported, with the ratios durable/raw (target: within 1.5x) and durable/inprocess.
+included; the context's exit is not timed) and counts the workflows and steps its database recorded (so a
+variant that silently ran in process would show).  ``--reps`` workers per variant and backend run interleaved
+(the order alternates each round); the medians are reported, with the ratios durable/raw (target: within
+1.5x) and durable/inprocess.  CPU time is the steadier measure on a shared machine: wall time also counts
+SQLite's commits waiting on the disk and other processes' load (the range of the workers' wall times is shown).
 ``inprocess`` and ``durable`` run on every ``--backends`` entry; ``raw`` on asyncio.
 
     python benchmarks/bench_durable.py [--calls 300] [--reps 3] [--exchanges 1] [--backends trio asyncio]
@@ -346,13 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {args.warmup} warm-up); a call = {args.input_chars}-character input, {args.exchanges} model"
         f" exchange(s) of {args.tokens} streamed tokens (w6_server.py, another process); SQLite system database"
     )
-    print(f"{'variant':<11}{'backend':<9}{'wall µs':>10}{'cpu µs':>10}  recorded per call")
+    print(f"{'variant':<11}{'backend':<9}{'wall µs':>10}{'cpu µs':>10}{'wall range':>16}  recorded per call")
     for (variant, backend), values in median.items():
         recorded = samples[variant, backend][0]
         note = ""
         if "workflows_per_call" in recorded:
             note = f"  {recorded['workflows_per_call']:g} workflow(s), {recorded['steps_per_call']:g} step(s)"
-        print(f"{variant:<11}{backend:<9}{values['wall_us']:>10.0f}{values['cpu_us']:>10.0f}{note}")
+        walls = [run["wall_us"] for run in samples[variant, backend]]
+        spread = f"{min(walls):.0f}-{max(walls):.0f}"
+        print(
+            f"{variant:<11}{backend:<9}{values['wall_us']:>10.0f}{values['cpu_us']:>10.0f}{spread:>16}{note}"
+        )
     raw = median.get(("raw", "asyncio"))
     for backend in args.backends:
         durable_cost = median.get(("durable", backend))
