@@ -9,8 +9,9 @@ client's CPU time).  Variants:
 ``inprocess``
     ``bench_agent.inquire(message)`` inside one open ``MiniAgents`` context (no durability).
 ``durable``
-    the same ``bench_agent`` marked ``durable()`` and called with ``miniagents.durable.run(..., run_id=...)``
-    (a new run id per call) on a SQLite system database: one workflow per call, one step per exchange.
+    the same ``bench_agent`` marked ``durable()`` and called with ``miniagents.durable.run(agent, message,
+    run_id=..., **kwargs)`` (a new run id per call, the same kwargs as ``inprocess``) in one open
+    ``DurableRuntime`` on a SQLite system database: one workflow per call, one step per exchange.
 ``raw``
     a DBOS workflow written directly against ``dbos`` on SQLite, run on the worker's asyncio loop: the same
     request bodies (byte for byte the size of ``openai_agent``'s) from an ``httpx.AsyncClient``, one
@@ -133,9 +134,8 @@ def _worker_durable(args: argparse.Namespace) -> dict[str, Any]:
         durable,
     )  # the package, imported from miniagents (first-party for isort)
 
-    # run() takes no call kwargs: the agent's options are default kwargs of a fork (as secrets would be).
+    agent = durable.durable(bench_agent)
     options = {"base_url": args.base_url, "model": f"bench-{args.tokens}", "exchanges": args.exchanges}
-    agent = durable.durable(bench_agent.fork(**options))
 
     @contextlib.asynccontextmanager
     async def context() -> AsyncIterator[None]:
@@ -145,7 +145,7 @@ def _worker_durable(args: argparse.Namespace) -> dict[str, Any]:
     async def run_calls(start: int, count: int) -> None:
         for index in range(start, start + count):
             message = TextMessage(content=input_text(args.input_chars, index))
-            replies = await durable.run(agent, message, run_id=f"bench-{index}")
+            replies = await durable.run(agent, message, run_id=f"bench-{index}", **options)
             _check("".join(str(reply) for reply in replies), args.tokens)
 
     return _timed(run_calls, args.backend, args.warmup, args.calls, context)

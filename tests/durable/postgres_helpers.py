@@ -122,40 +122,27 @@ def throwaway_cluster(binaries: Path) -> Iterator[str]:
         if owner:
             os.chown(password_file, owner.pw_uid, owner.pw_gid)
         initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={password_file}"]
-        run(
-            *initdb,
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256"]
+        run(*initdb, *auth, "--encoding=UTF8", "--locale=C", "--no-sync")
         password_file.unlink()
+        pg_ctl, log = str(binaries / "pg_ctl"), folder / "server.log"
         port = 0
         for attempt in range(5):  # the port may be taken between free_port() and the server binding it
             port = free_port()
             options = f"-h 127.0.0.1 -p {port} -k {folder} -N 200 -F -c synchronous_commit=off"
-            start = [
-                str(binaries / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(folder / "server.log"),
-                "-o",
-                options,
-            ]
             try:
-                run(*start, "-w", "-t", "60", "start")
+                run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
                 break
             except subprocess.CalledProcessError:
                 if attempt == 4:
-                    log = (folder / "server.log").read_text(errors="replace")
-                    raise RuntimeError(f"PostgreSQL did not start from {binaries}; its log:\n{log}") from None
+                    text = log.read_text(errors="replace")
+                    raise RuntimeError(
+                        f"PostgreSQL did not start from {binaries}; its log:\n{text}"
+                    ) from None
         try:
             yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
         finally:
-            run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
