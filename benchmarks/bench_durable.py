@@ -12,6 +12,9 @@ client's CPU time).  Variants:
     the same ``bench_agent`` marked ``durable()`` and called with ``miniagents.durable.run(agent, message,
     run_id=..., **kwargs)`` (a new run id per call, the same kwargs as ``inprocess``) in one open
     ``DurableRuntime`` on a SQLite system database: one workflow per call, one step per exchange.
+``plain``
+    the two functions of ``raw`` below, undecorated: the same requests and parsing with neither DBOS nor
+    miniagents (the floor the others build on).
 ``raw``
     a DBOS workflow written directly against ``dbos`` on SQLite, run on the worker's asyncio loop: the same
     request bodies (byte for byte the size of ``openai_agent``'s) from an ``httpx.AsyncClient``, one
@@ -25,9 +28,10 @@ calls, then times ``--calls`` sequential calls (wall clock and CPU time of the w
 included; the context's exit is not timed) and counts the workflows and steps its database recorded (so a
 variant that silently ran in process would show).  ``--reps`` workers per variant and backend run interleaved
 (the order alternates each round); the medians are reported, with the ratios durable/raw (target: within
-1.5x) and durable/inprocess.  CPU time is the steadier measure on a shared machine: wall time also counts
+1.5x) and durable/inprocess, and the CPU time of a durable call split into plain + DBOS (raw - plain) +
+miniagents (inprocess - plain) + what is left: the durable layer's own work.  CPU time is the steadier measure on a shared machine: wall time also counts
 SQLite's commits waiting on the disk and other processes' load (the range of the workers' wall times is shown).
-``inprocess`` and ``durable`` run on every ``--backends`` entry; ``raw`` on asyncio.
+``inprocess`` and ``durable`` run on every ``--backends`` entry; ``plain`` and ``raw`` on asyncio.
 
     python benchmarks/bench_durable.py [--calls 300] [--reps 3] [--exchanges 1] [--backends trio asyncio]
     python benchmarks/bench_durable.py --quick          # a smoke run: 40 calls, 1 rep
@@ -59,7 +63,7 @@ from miniagents import InteractionContext, Message, TextMessage, miniagent
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULT = "BENCH_DURABLE "
-VARIANTS = ("inprocess", "durable", "raw")
+VARIANTS = ("plain", "inprocess", "durable", "raw")
 API_KEY = "bench-key"
 FOLLOW_UP = "Go on."
 TOKEN = "tok "  # what w6_server.py streams
@@ -152,17 +156,16 @@ def _worker_durable(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """``raw`` (a DBOS workflow) and ``plain`` (the same two functions undecorated, no DBOS)."""
     import httpx
-    from dbos import DBOS, DBOSPortableJSONSerializer
 
     if args.backend != "asyncio":
-        raise SystemExit("the raw DBOS variant runs on asyncio only")
+        raise SystemExit(f"the {args.worker} variant runs on asyncio only")
     url = f"{args.base_url}/chat/completions"
     headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
     kept = ("content-type", "content-encoding", "x-request-id", "request-id")
     client: list[httpx.AsyncClient] = []  # made on the event loop that uses it
 
-    @DBOS.step()
     async def llm_exchange(body: str) -> dict[str, Any]:
         async with client[0].stream("POST", url, content=body.encode("utf-8"), headers=headers) as response:
             raw = await response.aread()
@@ -173,8 +176,7 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
             "text": raw.decode("utf-8"),
         }
 
-    @DBOS.workflow()
-    async def raw_call(inputs: list[dict[str, Any]], model: str, exchanges: int) -> dict[str, Any]:
+    async def call(inputs: list[dict[str, Any]], model: str, exchanges: int) -> dict[str, Any]:
         history: list[dict[str, str]] = [{"role": "user", "content": inputs[0]["content"]}]
         for turn in range(exchanges):
             if turn:
@@ -185,32 +187,39 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
-            recorded = await llm_exchange(json.dumps(request, ensure_ascii=False))
+            recorded = await exchange(json.dumps(request, ensure_ascii=False))
             history.append({"role": "assistant", "content": _sse_text(recorded["text"])})
         return {"replies": [{"class_": "TextMessage", **history[-1]}]}
 
-    config: Any = {
-        "name": "bench-durable-raw",
-        "system_database_url": f"sqlite:///{args.db}",
-        "log_level": "WARNING",
-    }
-    if args.raw_serializer == "json":
-        config["serializer"] = DBOSPortableJSONSerializer()
-    DBOS(config=config)
-    DBOS.launch()
+    exchange, workflow = llm_exchange, call
+    if args.worker == "raw":
+        from dbos import DBOS, DBOSPortableJSONSerializer
+
+        exchange = DBOS.step(name="llm_exchange")(llm_exchange)
+        workflow = DBOS.workflow(name="raw_call")(call)
+        config: Any = {
+            "name": "bench-durable-raw",
+            "system_database_url": f"sqlite:///{args.db}",
+            "log_level": "WARNING",
+        }
+        if args.raw_serializer == "json":
+            config["serializer"] = DBOSPortableJSONSerializer()
+        DBOS(config=config)
+        DBOS.launch()
 
     async def run_calls(start: int, count: int) -> None:
         if not client:
             client.append(httpx.AsyncClient(timeout=60.0))
         for index in range(start, start + count):
             inputs = [{"class_": "TextMessage", "content": input_text(args.input_chars, index)}]
-            outcome = await raw_call(inputs, f"bench-{args.tokens}", args.exchanges)
+            outcome = await workflow(inputs, f"bench-{args.tokens}", args.exchanges)
             _check(outcome["replies"][0]["content"], args.tokens)
 
     try:
         return _timed(run_calls, "asyncio", args.warmup, args.calls)
     finally:
-        DBOS.destroy()
+        if args.worker == "raw":
+            DBOS.destroy()
 
 
 def _sse_text(body: str) -> str:
@@ -234,7 +243,13 @@ def _recorded(db: str, calls: int) -> dict[str, float]:
     return {"workflows_per_call": workflows / calls, "steps_per_call": steps / calls}
 
 
-WORKERS = {"inprocess": _worker_inprocess, "durable": _worker_durable, "raw": _worker_raw}
+WORKERS = {
+    "plain": _worker_raw,
+    "inprocess": _worker_inprocess,
+    "durable": _worker_durable,
+    "raw": _worker_raw,
+}
+ASYNCIO_ONLY = ("plain", "raw")
 
 
 # -- orchestration ----------------------------------------------------------------------------------------------
@@ -318,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         result = WORKERS[args.worker](args)
-        if args.worker != "inprocess":
+        if args.worker in ("durable", "raw"):
             result |= _recorded(args.db, args.warmup + args.calls)
         import miniagents
 
@@ -328,9 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.calls, args.warmup, args.reps = 40, 5, 1
 
-    jobs = [(v, b) for b in args.backends for v in args.variants if v != "raw"]
-    if "raw" in args.variants:
-        jobs.append(("raw", "asyncio"))
+    jobs = [(v, b) for b in args.backends for v in args.variants if v not in ASYNCIO_ONLY]
+    jobs += [(v, "asyncio") for v in args.variants if v in ASYNCIO_ONLY]
     samples: dict[tuple[str, str], list[dict[str, float]]] = {job: [] for job in jobs}
     server = StreamServer(args.tokens)
     try:
@@ -377,6 +391,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"durable/inprocess ({backend}): wall {durable_cost['wall_us'] / inprocess['wall_us']:.1f}x"
                 f"  cpu {durable_cost['cpu_us'] / inprocess['cpu_us']:.1f}x"
+            )
+        plain = median.get(("plain", "asyncio"))
+        if raw and inprocess and plain:
+            # durable = plain + miniagents' own work + DBOS's + the durable layer's glue (CPU, per call)
+            dbos_part, miniagents_part = (
+                raw["cpu_us"] - plain["cpu_us"],
+                inprocess["cpu_us"] - plain["cpu_us"],
+            )
+            glue = durable_cost["cpu_us"] - plain["cpu_us"] - dbos_part - miniagents_part
+            print(
+                f"  cpu split ({backend}): plain {plain['cpu_us']:.0f} + DBOS (raw - plain) {dbos_part:.0f}"
+                f" + miniagents (inprocess - plain) {miniagents_part:.0f} + the durable layer's own {glue:.0f} µs"
             )
     return 0
 
