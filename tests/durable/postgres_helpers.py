@@ -4,7 +4,8 @@ The server is ``MINIAGENTS_POSTGRES_URL`` (a superuser URL; ``.ci/run`` starts a
 Otherwise a throwaway cluster is started once per session from ``initdb``/``pg_ctl`` on ``PATH`` or in
 ``/usr/lib/postgresql/*/bin`` (Debian's package), as the ``postgres`` user when the tests run as root (PostgreSQL
 refuses root), with its data in a temporary folder, password auth, listening on 127.0.0.1 only; it is stopped and
-its folder removed when the session ends.  Without a server the tests that need one are skipped, naming why;
+its folder removed when the session ends, or by a watchdog process when the test process dies without its
+teardown.  Without a server the tests that need one are skipped, naming why;
 under CI (``CI`` set, as CI services do) that is a failure instead, so a broken CI setup cannot pass silently.
 
 The ``postgres_url`` fixture gives each test its own database (``CREATE DATABASE`` with a unique name, dropped
@@ -83,6 +84,10 @@ def find_binaries() -> Path | None:
     return None
 
 
+#: Waits for the test process ($1) to end, then stops the cluster and deletes its folder (see throwaway_cluster).
+_WATCHDOG = 'while [ -d "/proc/$1" ]; do sleep 1; done; "$2" -D "$3" -m immediate -w stop; rm -rf "$4"'
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -139,9 +144,21 @@ def throwaway_cluster(binaries: Path) -> Iterator[str]:
                     raise RuntimeError(
                         f"PostgreSQL did not start from {binaries}; its log:\n{text}"
                     ) from None
+        # Stops the cluster should this process die without its teardown (SIGKILL, a `timeout` that kills).
+        watchdog = subprocess.Popen(
+            ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), pg_ctl, str(data), str(folder)],
+            cwd=folder,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **as_owner,
+        )
         try:
             yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
         finally:
+            watchdog.kill()
+            watchdog.wait()
             run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -155,3 +158,42 @@ def test_binaries_found_in_debian_layout(monkeypatch: pytest.MonkeyPatch, tmp_pa
     os.remove(tmp_path / "postgresql" / "16" / "bin" / "pg_ctl")  # an incomplete install is passed over
     monkeypatch.setattr("postgres_helpers.DEBIAN_BINARIES", str(tmp_path / "postgresql" / "*" / "bin"))
     assert find_binaries() == tmp_path / "postgresql" / "15" / "bin"
+
+
+def test_a_killed_test_process_does_not_leave_its_cluster_running(tmp_path: Path) -> None:
+    binaries = find_binaries()
+    if binaries is None:
+        unavailable("no initdb/pg_ctl to start a cluster with")
+    psycopg = import_psycopg()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_CLUSTER, str(Path(__file__).parent), str(binaries)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().strip()
+        assert url.startswith("postgresql://"), url
+        with psycopg.connect(url) as conn:
+            data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+        assert data.is_dir()
+    finally:
+        child.kill()  # SIGKILL: no teardown runs in the child
+        child.wait()
+    deadline = time.monotonic() + 120  # a liveness bound, not a speed check: the watchdog polls once a second
+    while data.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not data.parent.exists(), "the cluster's folder outlived the killed process"
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=5).close()
+
+
+_HOLD_A_CLUSTER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from postgres_helpers import throwaway_cluster
+with throwaway_cluster(Path(sys.argv[2])) as url:
+    print(url, flush=True)
+    time.sleep(600)
+"""
