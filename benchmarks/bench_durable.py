@@ -256,7 +256,7 @@ ASYNCIO_ONLY = ("plain", "raw")
 # w6_server.py with TCP_NODELAY on its connections: it writes the headers and the body separately, and with
 # Nagle's algorithm the body of a short response waits for the client's delayed ACK (~40 ms on Linux), which
 # would swamp the per-call cost measured here (W6 streams one long response, where it does not matter).
-_SERVE = "import w6_server; w6_server.Handler.disable_nagle_algorithm = True; w6_server.main()"
+_SERVE = "import w6_server; w6_server.main()"
 
 
 class StreamServer:
