@@ -253,9 +253,8 @@ ASYNCIO_ONLY = ("plain", "raw")
 
 
 # -- orchestration ----------------------------------------------------------------------------------------------
-# w6_server.py with TCP_NODELAY on its connections: it writes the headers and the body separately, and with
-# Nagle's algorithm the body of a short response waits for the client's delayed ACK (~40 ms on Linux), which
-# would swamp the per-call cost measured here (W6 streams one long response, where it does not matter).
+# w6_server.py, which sets TCP_NODELAY on its connections (a short response would otherwise wait ~40 ms for the
+# client's delayed ACK and swamp the per-call cost measured here).
 _SERVE = "import w6_server; w6_server.main()"
 
 
