@@ -1,6 +1,6 @@
 """Everything this package asks of DBOS, in one module (the only one that imports ``dbos``).
 
-Only public DBOS API is used: ``DBOS(config=...)``, ``DBOS.launch``/``destroy``, ``DBOS.listen_queues``,
+Only public DBOS API is used (with DBOS's portable JSON serializer: no pickles in the database): ``DBOS(config=...)``, ``DBOS.launch``/``destroy``, ``DBOS.listen_queues``,
 ``DBOS.register_queue``, ``@DBOS.workflow``, ``SetWorkflowID`` with ``DBOS.start_workflow_async`` /
 ``DBOS.enqueue_workflow_async``, ``DBOS.run_step_async``, ``DBOS.workflow_id``, ``DBOS.list_workflows`` and
 ``DBOS.resume_workflow``.  The behaviour this package relies on (checked by ``tests/durable/test_dbos_api.py``,
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from dbos import DBOS, DBOSConfig, SetWorkflowID
+from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer, SetWorkflowID
 
 from miniagents.durable._exceptions import DurableConfigError
 
@@ -114,6 +114,8 @@ def launch(
         "application_version": application_version,
         "log_level": log_level,
         "notification_listener_polling_interval_sec": queue_polling_interval,
+        # Inputs, outputs and step results are JSON text in the database, never pickles.
+        "serializer": DBOSPortableJSONSerializer(),
     }
     DBOS(config=config)
     DBOS.listen_queues(list(serve_queues))

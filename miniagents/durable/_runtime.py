@@ -311,15 +311,23 @@ def _encode_record(recorded: RecordedResponse, digest: str) -> str:
             "digest": digest,
             "status": recorded.status,
             "headers": [list(pair) for pair in recorded.headers],
-            "body": base64.b64encode(recorded.body).decode("ascii"),
+            **_encode_body(recorded.body),
         }
     )
+
+
+def _encode_body(body: bytes) -> dict[str, str]:
+    try:
+        return {"text": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(body).decode("ascii")}
 
 
 def _decode_record(text: str) -> tuple[RecordedResponse, str]:
     data = json.loads(text)
     headers = tuple((str(name), str(value)) for name, value in data["headers"])
-    return RecordedResponse(int(data["status"]), headers, base64.b64decode(data["body"])), str(data["digest"])
+    body = data["text"].encode("utf-8") if "text" in data else base64.b64decode(data["base64"])
+    return RecordedResponse(int(data["status"]), headers, body), str(data["digest"])
 
 
 class _StepRecorder:
