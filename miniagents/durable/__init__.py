@@ -8,7 +8,8 @@
   resumes it: each LLM exchange is a DBOS step recorded as the raw response and replayed from it, so only the
   requests that were in flight are sent again and the messages keep their hash keys.
 * ``python -m miniagents.durable worker --db URL --queue NAME --import myapp`` — a worker process serving a
-  queue (``durable(agent, queue=NAME)``), with an executor id of its own.
+  queue (``durable(agent, queue=NAME)``), with an executor id of its own; :func:`recover_executor` (``python -m
+  miniagents.durable recover``) hands a dead worker's pending calls to the live ones.
 
 Call inputs and replies cross the workflow boundary as ``Message.to_dict()`` data, kwargs as JSON data (never a
 pickle of live objects); secrets stay in the agents' default kwargs, in the process, never in the database.
@@ -32,10 +33,11 @@ from miniagents.durable._exceptions import (
     DurableKwargsError,
     ReplayMismatchError,
 )
-from miniagents.durable._runtime import DurableRuntime, run
+from miniagents.durable._runtime import DATABASE_ENV, DurableRuntime, recover_executor, run
 from miniagents.durable._worker import serve_worker
 
 __all__ = [
+    "DATABASE_ENV",
     "DurableAgent",
     "DurableCallError",
     "DurableConfigError",
@@ -44,6 +46,7 @@ __all__ = [
     "DurableRuntime",
     "ReplayMismatchError",
     "durable",
+    "recover_executor",
     "run",
     "serve_worker",
 ]

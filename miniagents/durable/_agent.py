@@ -157,6 +157,9 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
     process must define the same durable agents (import the same module).  With *queue*, calls are enqueued
     on that DBOS queue and run by a process that serves it.
 
+    Marking the same definition again (the same function and default kwargs, e.g. one fork made twice)
+    returns the registered agent.
+
     Raises:
         DurableConfigError: another durable agent already has this alias.
         TypeError: *agent* is not a ``MiniAgent``.
@@ -168,8 +171,8 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
         raise TypeError(f"durable() needs a MiniAgent, got {agent!r}")
     known = _registry.get(agent.alias)
     if known is not None:
-        if known.inner is agent and known.queue == queue:
-            return known
+        if _same_agent(known.inner, agent) and known.queue == queue:
+            return known  # the same definition again (e.g. the same fork made twice)
         raise DurableConfigError(
             f"a durable agent with alias {agent.alias!r} exists already; durable agents are found by alias in "
             "every process, so each needs an alias of its own (fork(alias=...))"
@@ -177,6 +180,10 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
     wrapped = DurableAgent(agent, queue)
     _registry[agent.alias] = wrapped
     return wrapped
+
+
+def _same_agent(a: MiniAgent, b: MiniAgent) -> bool:
+    return a is b or (a.func is b.func and a.default_kwargs == b.default_kwargs and a.description == b.description)
 
 
 def registered_agent(alias: str) -> DurableAgent:

@@ -2,8 +2,8 @@
 
 Only public DBOS API is used (with DBOS's portable JSON serializer: no pickles in the database): ``DBOS(config=...)``, ``DBOS.launch``/``destroy``, ``DBOS.listen_queues``,
 ``DBOS.register_queue``, ``@DBOS.workflow``, ``SetWorkflowID`` with ``DBOS.start_workflow_async`` /
-``DBOS.enqueue_workflow_async``, ``DBOS.run_step_async``, ``DBOS.workflow_id``, ``DBOS.list_workflows`` and
-``DBOS.resume_workflow``.  The behaviour this package relies on (checked by ``tests/durable/test_dbos_api.py``,
+``DBOS.enqueue_workflow_async``, ``DBOS.run_step_async``, ``DBOS.workflow_id``, and ``DBOSClient``'s
+``list_workflows`` / ``resume_workflow`` (recovering a dead executor's calls from any process).  The behaviour this package relies on (checked by ``tests/durable/test_dbos_api.py``,
 which fails loudly on a DBOS release that changes it):
 
 * a workflow started again with an id that exists is not run a second time: its handle waits for the run that
@@ -16,9 +16,10 @@ which fails loudly on a DBOS release that changes it):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer, SetWorkflowID
+from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer, SetWorkflowID
 
 from miniagents.durable._exceptions import DurableConfigError
 
@@ -30,8 +31,8 @@ __all__ = [
     "current_workflow_id",
     "destroy",
     "launch",
-    "pending_workflows",
-    "resume",
+    "quiet_logs",
+    "recover_executor",
     "run_step",
     "set_workflow_body",
     "start_and_wait",
@@ -117,6 +118,7 @@ def launch(
         # Inputs, outputs and step results are JSON text in the database, never pickles.
         "serializer": DBOSPortableJSONSerializer(),
     }
+    quiet_logs()
     DBOS(config=config)
     DBOS.listen_queues(list(serve_queues))
     DBOS.launch()
@@ -150,14 +152,29 @@ async def run_step(func: Callable[[], Awaitable[str]]) -> str:
     return result
 
 
-def pending_workflows(executor_id: str) -> list[tuple[str, str | None]]:
-    """``(workflow_id, queue_name)`` of the PENDING durable calls owned by *executor_id*."""
-    found = DBOS.list_workflows(
-        status="PENDING", executor_id=executor_id, name=WORKFLOW_NAME, load_input=False, load_output=False
-    )
-    return [(status.workflow_id, status.queue_name) for status in found]
+def recover_executor(database_url: str, executor_id: str) -> list[str]:
+    """Put the PENDING durable calls of *executor_id* back on their queues; return their ids (blocking)."""
+    client = DBOSClient(system_database_url=database_url, serializer=DBOSPortableJSONSerializer())
+    try:
+        found = client.list_workflows(
+            status="PENDING", executor_id=executor_id, name=WORKFLOW_NAME, load_input=False, load_output=False
+        )
+        for status in found:
+            client.resume_workflow(status.workflow_id, queue_name=status.queue_name)
+        return [status.workflow_id for status in found]
+    finally:
+        client.destroy()
 
 
-def resume(workflow_id: str, queue: str | None) -> None:
-    """Put *workflow_id* back on *queue* (DBOS's internal queue when ``None``) for any process to run."""
-    DBOS.resume_workflow(workflow_id, queue_name=queue)
+class _QuietReattach(logging.Filter):
+    """Drops DBOS's warning that a re-attached call's queue differs (a recovered call moved queues)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already exists in queue" not in record.getMessage()
+
+
+def quiet_logs() -> None:
+    """Install :class:`_QuietReattach` on DBOS's logger (once)."""
+    logger = logging.getLogger("dbos")
+    if not any(isinstance(f, _QuietReattach) for f in logger.filters):
+        logger.addFilter(_QuietReattach())

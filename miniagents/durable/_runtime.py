@@ -28,6 +28,7 @@ from miniagents._calls import InteractionContext
 from miniagents._context import MiniAgents
 from miniagents._encoding import decode_value
 from miniagents._messages import Message
+from miniagents._scope import current_context
 from miniagents._sequence import MessageSequencePromise, MessageType
 from miniagents.durable import _dbos_api
 from miniagents.durable._agent import DurableAgent, DurableScope, current_scope, registered_agent, registered_queues
@@ -41,7 +42,10 @@ from miniagents.llms._exchange import (
     tee_response,
 )
 
-__all__ = ["DurableRuntime", "run"]
+__all__ = ["DATABASE_ENV", "DurableRuntime", "recover_executor", "run"]
+
+#: The environment variable ``run()`` takes the database from when no runtime is active.
+DATABASE_ENV = "MINIAGENTS_DURABLE_DB"
 
 _active: DurableRuntime | None = None
 
@@ -179,7 +183,9 @@ class DurableRuntime:
             _active = None
 
     # -- running --------------------------------------------------------------------------------------------
-    async def run(self, agent: DurableAgent, messages: MessageType | None = None, *, run_id: str) -> tuple[Message, ...]:
+    async def run(
+        self, agent: DurableAgent, messages: MessageType | None = None, *, run_id: str, **kwargs: Any
+    ) -> tuple[Message, ...]:
         """Run *agent* on *messages* as the durable run *run_id* and return its replies.
 
         The call is the root workflow, whose id is *run_id*; the durable calls it makes are its children.  With
@@ -199,29 +205,10 @@ class DurableRuntime:
             raise DurableConfigError("the DurableRuntime is not active: use `async with DurableRuntime(...)`")
         token = current_scope.set(DurableScope(self, run_id, None))
         try:
-            replies = agent.inquire(messages)
+            replies = agent.inquire(messages, **kwargs)
         finally:
             current_scope.reset(token)
         return await replies
-
-    async def recover_executor(self, executor_id: str) -> list[str]:
-        """Hand the PENDING calls of a dead executor (a worker that crashed) to the live processes.
-
-        Each goes back on its queue (or DBOS's internal one) and runs again in whichever process takes it;
-        finished LLM exchanges are replayed from their records.  Call it only for an executor that is gone
-        (two runs of one call at once would both send its in-flight requests).  Returns the workflow ids.
-        """
-
-        async def recover() -> list[str]:
-            def in_thread() -> list[str]:
-                found = _dbos_api.pending_workflows(executor_id)
-                for workflow_id, queue in found:
-                    _dbos_api.resume(workflow_id, queue)
-                return [workflow_id for workflow_id, _ in found]
-
-            return await asyncio.to_thread(in_thread)
-
-        return await self.bridge.to_dbos(recover)
 
     async def call(self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str) -> None:
         """Run (or re-attach to) the durable call *workflow_id* and reply its replies in *ctx* (app loop)."""
@@ -440,26 +427,50 @@ class _StepRecorder:
 
 
 async def run(
-    agent: DurableAgent, messages: MessageType | None = None, *, run_id: str, database: str | None = None
+    agent: DurableAgent,
+    messages: MessageType | None = None,
+    *,
+    run_id: str,
+    database: str | None = None,
+    **kwargs: Any,
 ) -> tuple[Message, ...]:
     """Run *agent* as the durable run *run_id* in the active :class:`DurableRuntime` (see :meth:`DurableRuntime.run`).
 
-    With *database* and no active runtime, a runtime on that database is opened for the run (in the current
-    ``MiniAgents`` context) and closed after it.
+    With no active runtime, one is opened for this run on *database* (default: the ``MINIAGENTS_DURABLE_DB``
+    environment variable), in the current ``MiniAgents`` context or in one opened for the run, and closed
+    after it (launching DBOS costs a fraction of a second: open a runtime yourself for many runs).
 
     Raises:
-        DurableConfigError: no runtime is active and no *database* is given.
+        DurableConfigError: no runtime is active and no database is given.
 
     """
     runtime = _active
     if runtime is not None and runtime.active:
-        return await runtime.run(agent, messages, run_id=run_id)
-    if database is None:
+        return await runtime.run(agent, messages, run_id=run_id, **kwargs)
+    database = database or os.environ.get(DATABASE_ENV)
+    if not database:
         raise DurableConfigError(
-            "run() needs an active DurableRuntime (`async with DurableRuntime(database):`) or database="
+            f"run() needs an active DurableRuntime (`async with DurableRuntime(database):`), database= or "
+            f"{DATABASE_ENV}"
         )
+    if current_context.get() is None:
+        async with MiniAgents(), DurableRuntime(database) as opened:
+            return await opened.run(agent, messages, run_id=run_id, **kwargs)
     async with DurableRuntime(database) as opened:
-        return await opened.run(agent, messages, run_id=run_id)
+        return await opened.run(agent, messages, run_id=run_id, **kwargs)
+
+
+def recover_executor(database: str, executor_id: str) -> list[str]:
+    """Hand the PENDING calls of a dead executor (a worker that crashed for good) to the live processes.
+
+    Each goes back on its queue (or DBOS's internal one) and runs again in whichever process takes it; its
+    finished LLM exchanges are replayed from their records.  Use it only for an executor that is gone (two
+    runs of one call at once would both send its in-flight requests); an executor that restarts with its own
+    id recovers its calls by itself.  Blocking (call it in a thread from async code); returns the workflow ids.
+    Also ``python -m miniagents.durable recover --db URL --executor-id ID``.
+    """
+    _dbos_api.check_version()
+    return _dbos_api.recover_executor(database, executor_id)
 
 
 def active_runtime() -> DurableRuntime | None:

@@ -1,4 +1,8 @@
-"""The worker entry point: ``python -m miniagents.durable worker --db URL --queue NAME --import myapp``."""
+"""The command line: ``python -m miniagents.durable worker|recover ...``.
+
+``worker --db URL --queue NAME --import myapp [--executor-id ID]`` serves queues until SIGINT/SIGTERM;
+``recover --db URL --executor-id ID`` hands a dead executor's pending calls to the live workers.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from collections.abc import Sequence
 import anyio
 
 from miniagents._context import MiniAgents
-from miniagents.durable._runtime import DurableRuntime, default_executor_id
+from miniagents.durable._runtime import DurableRuntime, default_executor_id, recover_executor
 
 __all__ = ["main", "serve_worker"]
 
@@ -54,12 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miniagents.durable")
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="serve durable calls from DBOS queues")
-    worker.add_argument("--db", required=True, help="the DBOS system database URL (postgresql://... or sqlite:///...)")
+    worker.add_argument("--db", required=True, help="the DBOS system database URL (postgresql://...)")
     worker.add_argument("--queue", action="append", required=True, help="a queue to serve (repeatable)")
-    worker.add_argument("--import", dest="imports", action="append", default=[], help="a module defining the durable agents (repeatable)")
+    worker.add_argument(
+        "--import", dest="imports", action="append", default=[], help="a module defining durable agents (repeatable)"
+    )
     worker.add_argument("--executor-id", default=None, help="this process's DBOS executor id (default: <host>-<pid>)")
     worker.add_argument("--backend", default="trio", choices=["trio", "asyncio"])
+    recover = commands.add_parser("recover", help="hand a dead executor's pending calls to the live workers")
+    recover.add_argument("--db", required=True, help="the DBOS system database URL")
+    recover.add_argument("--executor-id", required=True, help="the executor id of the dead process")
     args = parser.parse_args(argv)
+    if args.command == "recover":
+        for workflow_id in recover_executor(args.db, args.executor_id):
+            print(workflow_id)
+        return 0
     sys.path.insert(0, "")
     for module in args.imports:
         importlib.import_module(module)
