@@ -92,7 +92,7 @@ def current_workflow_id() -> str:
     return workflow_id
 
 
-def launch(
+async def launch(
     *,
     name: str,
     database_url: str,
@@ -101,12 +101,14 @@ def launch(
     serve_queues: Sequence[str],
     declare_queues: Sequence[str],
     queue_polling_interval: float,
+    worker_concurrency: int | None,
     log_level: str,
 ) -> None:
-    """Create and launch DBOS in the calling thread's running event loop (which then runs the workflows).
+    """Create and launch DBOS from a task of the event loop that is to run the workflows.
 
     Only *serve_queues* are dequeued by this process (DBOS's internal queue, where recovered workflows may
-    go, always is); *declare_queues* are registered so that calls can be enqueued on them.
+    go, always is); *declare_queues* are registered so that calls can be enqueued on them.  With
+    *worker_concurrency*, the served queues run at most that many calls at once in each process.
     """
     config: DBOSConfig = {
         "name": name,
@@ -123,7 +125,12 @@ def launch(
     DBOS.listen_queues(list(serve_queues))
     DBOS.launch()
     for queue in sorted({*serve_queues, *declare_queues}):
-        DBOS.register_queue(queue, polling_interval_sec=queue_polling_interval)
+        await DBOS.register_queue_async(
+            queue,
+            polling_interval_sec=queue_polling_interval,
+            worker_concurrency=worker_concurrency if queue in serve_queues else None,
+            on_conflict="always_update" if queue in serve_queues else "never_update",
+        )
 
 
 def destroy() -> None:

@@ -77,6 +77,8 @@ class DurableRuntime:
         application_version: the DBOS application version: processes recover each other's calls only within
             one version.
         polling_interval: seconds between two polls of a queue or of a result in the database.
+        worker_concurrency: at most this many calls of each served queue at once in this process (``None``:
+            no limit); the workers of one queue should agree (DBOS keeps one setting per queue).
         log_level: DBOS's log level.
 
     Entering launches DBOS in a helper thread's asyncio loop (on trio and on asyncio alike), which recovers
@@ -97,6 +99,7 @@ class DurableRuntime:
         executor_id: str = "local",
         application_version: str = f"miniagents-{__version__}",
         polling_interval: float = 0.05,
+        worker_concurrency: int | None = None,
         log_level: str = "WARNING",
         app_name: str = "miniagents",
     ) -> None:
@@ -105,6 +108,7 @@ class DurableRuntime:
         self.executor_id = executor_id
         self.application_version = application_version
         self.polling_interval = polling_interval
+        self.worker_concurrency = worker_concurrency
         self.log_level = log_level
         self.app_name = app_name
         self.active = False
@@ -145,7 +149,7 @@ class DurableRuntime:
             self.active = True
 
             async def launch() -> None:
-                _dbos_api.launch(
+                await _dbos_api.launch(
                     name=self.app_name,
                     database_url=self.database,
                     executor_id=self.executor_id,
@@ -153,6 +157,7 @@ class DurableRuntime:
                     serve_queues=self.serve_queues,
                     declare_queues=sorted(registered_queues()),
                     queue_polling_interval=self.polling_interval,
+                    worker_concurrency=self.worker_concurrency,
                     log_level=self.log_level,
                 )
 

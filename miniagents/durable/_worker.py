@@ -25,6 +25,7 @@ async def serve_worker(
     queues: Sequence[str],
     *,
     executor_id: str | None = None,
+    worker_concurrency: int | None = None,
     ready: anyio.Event | None = None,
     context: MiniAgents | None = None,
 ) -> None:
@@ -36,7 +37,12 @@ async def serve_worker(
     restart with the same executor id.
     """
     async with MiniAgents() if context is None else _nothing(context):
-        async with DurableRuntime(database, serve_queues=queues, executor_id=executor_id or default_executor_id()):
+        async with DurableRuntime(
+            database,
+            serve_queues=queues,
+            executor_id=executor_id or default_executor_id(),
+            worker_concurrency=worker_concurrency,
+        ):
             if ready is not None:
                 ready.set()
             await anyio.sleep_forever()
@@ -64,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--import", dest="imports", action="append", default=[], help="a module defining durable agents (repeatable)"
     )
     worker.add_argument("--executor-id", default=None, help="this process's DBOS executor id (default: <host>-<pid>)")
+    worker.add_argument("--concurrency", type=int, default=None, help="at most this many calls at once per queue")
     worker.add_argument("--backend", default="trio", choices=["trio", "asyncio"])
     recover = commands.add_parser("recover", help="hand a dead executor's pending calls to the live workers")
     recover.add_argument("--db", required=True, help="the DBOS system database URL")
@@ -87,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         return
 
                 tg.start_soon(stop_on_signal)
-                await serve_worker(args.db, args.queue, executor_id=args.executor_id)
+                await serve_worker(
+                    args.db, args.queue, executor_id=args.executor_id, worker_concurrency=args.concurrency
+                )
 
     anyio.run(serve, backend=args.backend)
     return 0

@@ -33,17 +33,6 @@ pytestmark = pytest.mark.anyio
 MODELS = ("planner", "worker1", "worker2", "worker3", "reducer")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """An uninterrupted run (trio): its replies, its store's keys and the requests it made."""
-    directory = tmp_path_factory.mktemp("reference")
-    with fake_server(directory) as server:
-        result = anyio.run(run_app, "trio", directory, "reference-run", server)
-        counts = server.counts()
-    assert counts == dict.fromkeys(MODELS, 1)
-    return {"replies": result["replies"], "store": sorted(store_keys(directory / "store.db"))}
-
-
 def _has_request(model: str) -> Callable[[Path, FakeServerProcess], bool]:
     return lambda directory, server: server.counts().get(model, 0) >= 1
 
