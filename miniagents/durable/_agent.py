@@ -71,13 +71,13 @@ def workflow_id_for(scope: DurableScope, alias: str, kwargs_json: str, input_key
 
 
 def _check_value(alias: str, path: str, value: Any) -> None:
-    if isinstance(value, FrozenDict):
+    if isinstance(value, Mapping):
         for key, item in value.items():
             if isinstance(key, str) and is_secret_name(key):
                 raise DurableKwargsError(_secret_message(alias, f"{path}[{key!r}]"))
             _check_value(alias, f"{path}[{key!r}]", item)
         return
-    if isinstance(value, (tuple, frozenset)):
+    if isinstance(value, (tuple, list, set, frozenset)):
         for n, item in enumerate(value):
             _check_value(alias, f"{path}[{n}]", item)
         return
@@ -107,11 +107,15 @@ def encode_kwargs(alias: str, kwargs: Mapping[str, Any]) -> Any:
             the agent and the kwarg's path.
 
     """
+    _check_kwargs(alias, kwargs)
+    return encode_value(freeze_kwargs(kwargs))
+
+
+def _check_kwargs(alias: str, kwargs: Mapping[str, Any]) -> None:
     for name, value in kwargs.items():
         if is_secret_name(name):
             raise DurableKwargsError(_secret_message(alias, repr(name)))
         _check_value(alias, repr(name), value)
-    return encode_value(FrozenDict(kwargs))
 
 
 class DurableAgent(MiniAgent):
@@ -135,10 +139,9 @@ class DurableAgent(MiniAgent):
         self.queue = queue
 
     def _call_kwargs(self, kwargs: dict[str, Any]) -> FrozenDict[str, Any]:
+        _check_kwargs(self.alias, kwargs)
         self.inner._call_kwargs(dict(kwargs))  # the wrapped agent's own checks (they name the alias)
-        frozen = freeze_kwargs(kwargs)
-        encode_kwargs(self.alias, frozen)
-        return frozen
+        return freeze_kwargs(kwargs)
 
     def fork(self, alias: str | None = None, description: str | None = None, **kwargs: Any) -> DurableAgent:
         """A durable variant of the wrapped agent (see :meth:`MiniAgent.fork`); it needs an alias of its own."""
@@ -157,8 +160,8 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
     process must define the same durable agents (import the same module).  With *queue*, calls are enqueued
     on that DBOS queue and run by a process that serves it.
 
-    Marking the same definition again (the same function and default kwargs, e.g. one fork made twice)
-    returns the registered agent.
+    Marking the same definition again (the same code and default kwargs: one fork made twice, a function
+    defined again) registers the new one in place of the old.
 
     Raises:
         DurableConfigError: another durable agent already has this alias.
@@ -171,9 +174,8 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
         raise TypeError(f"durable() needs a MiniAgent, got {agent!r}")
     known = _registry.get(agent.alias)
     if known is not None:
-        if _same_agent(known.inner, agent) and known.queue == queue:
-            return known  # the same definition again (e.g. the same fork made twice)
-        raise DurableConfigError(
+        if not (_same_definition(known.inner, agent) and known.queue == queue):
+            raise DurableConfigError(
             f"a durable agent with alias {agent.alias!r} exists already; durable agents are found by alias in "
             "every process, so each needs an alias of its own (fork(alias=...))"
         )
@@ -182,8 +184,13 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
     return wrapped
 
 
-def _same_agent(a: MiniAgent, b: MiniAgent) -> bool:
-    return a is b or (a.func is b.func and a.default_kwargs == b.default_kwargs and a.description == b.description)
+def _same_definition(a: MiniAgent, b: MiniAgent) -> bool:
+    """Whether *b* defines the agent *a* defines again: the same code and default kwargs."""
+    if a is b:
+        return True
+    code_a = getattr(a.func, "__code__", a.func)
+    code_b = getattr(b.func, "__code__", b.func)
+    return code_a is code_b and a.default_kwargs == b.default_kwargs
 
 
 def registered_agent(alias: str) -> DurableAgent:

@@ -242,7 +242,11 @@ class DurableRuntime:
                 live = slot.ready.is_set()
                 if live:
                     assert slot.replies is not None
-                    ctx.reply(slot.replies)  # tokens stream on while the workflow runs here
+                    try:
+                        async for promise in slot.replies.promises():
+                            ctx.reply(promise)  # tokens stream on while the workflow runs here
+                    except Exception:  # noqa: S110 - the recorded outcome below says what failed
+                        pass
                 await finished.wait()
         finally:
             if self._slots.get(workflow_id) is slot:
