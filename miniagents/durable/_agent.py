@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -23,9 +23,6 @@ from miniagents._encoding import canonical_json, encode_value
 from miniagents._frozen import FrozenDict, freeze_kwargs
 from miniagents._secrets import is_secret_name
 from miniagents.durable._exceptions import DurableConfigError, DurableKwargsError
-
-if TYPE_CHECKING:
-    from miniagents.durable._runtime import DurableRuntime
 
 __all__ = [
     "DurableAgent",
@@ -40,11 +37,24 @@ __all__ = [
 _registry: dict[str, DurableAgent] = {}
 
 
+class RuntimeLike(Protocol):
+    """What a durable call needs of the runtime (``_runtime.DurableRuntime``, which imports this module)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether DBOS is launched."""
+
+    async def call(
+        self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str
+    ) -> None:
+        """Run (or re-attach to) a durable call and reply its replies in *ctx*."""
+
+
 @attrs.define(eq=False)
 class DurableScope:
     """Where a durable call is started from: the run, the parent workflow (``None`` at the root), counters."""
 
-    runtime: DurableRuntime
+    runtime: RuntimeLike
     run_id: str
     workflow_id: str | None
     occurrences: dict[str, int] = attrs.field(factory=dict)
@@ -173,12 +183,13 @@ def durable(agent: MiniAgent, queue: str | None = None) -> DurableAgent:
     if not isinstance(agent, MiniAgent):
         raise TypeError(f"durable() needs a MiniAgent, got {agent!r}")
     known = _registry.get(agent.alias)
-    if known is not None:
-        if not (_same_definition(known.inner, agent) and known.queue == queue):
-            raise DurableConfigError(
+    if known is not None and not (_same_definition(known.inner, agent) and known.queue == queue):
+        raise DurableConfigError(
             f"a durable agent with alias {agent.alias!r} exists already; durable agents are found by alias in "
             "every process, so each needs an alias of its own (fork(alias=...))"
         )
+    if known is not None and known.inner is agent:
+        return known
     wrapped = DurableAgent(agent, queue)
     _registry[agent.alias] = wrapped
     return wrapped

@@ -79,7 +79,7 @@ class Bridge:
                 fn()  # in a task: anyio (sniffio) tells the backend by the current task
 
             def start(fn: Callable[[], object]) -> None:
-                app_loop.create_task(in_task(fn), context=app_context.copy())
+                app_context.copy().run(app_loop.create_task, in_task(fn))
 
             def app_soon(fn: Callable[[], object]) -> None:
                 app_loop.call_soon_threadsafe(start, fn, context=app_context.copy())
@@ -95,7 +95,7 @@ class Bridge:
     ) -> None:
         """Start ``factory()`` as a task on the DBOS loop, in *context* (default: an empty one)."""
         run_in = context if context is not None else contextvars.Context()
-        self.dbos_soon(lambda: self.dbos_loop.create_task(factory(), context=run_in))
+        self.dbos_soon(lambda: run_in.run(lambda: self.dbos_loop.create_task(factory())))
 
     async def to_dbos(
         self, factory: Callable[[], Coroutine[Any, Any, T]], context: contextvars.Context | None = None
@@ -124,7 +124,8 @@ class Bridge:
             self.app_soon(deliver)
 
         def start() -> None:
-            task = self.dbos_loop.create_task(factory(), context=run_in)
+            # A task runs in a copy of the context it is created in (create_task(context=) needs 3.11).
+            task = run_in.run(lambda: self.dbos_loop.create_task(factory()))
             tasks.append(task)
             task.add_done_callback(report)
 
@@ -138,7 +139,9 @@ class Bridge:
         if ok:
             return value  # type: ignore[no-any-return]
         if value is anyio.get_cancelled_exc_class():
-            raise RuntimeError("the durable runtime's DBOS loop cancelled the operation (is it shutting down?)")
+            raise RuntimeError(
+                "the durable runtime's DBOS loop cancelled the operation (is it shutting down?)"
+            )
         raise value
 
     async def to_app(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -171,7 +174,8 @@ class Bridge:
                     self.dbos_soon(lambda: settle(False, None))
                     raise
                 except Exception as error:
-                    self.dbos_soon(lambda: settle(False, error))
+                    failure = error
+                    self.dbos_soon(lambda: settle(False, failure))
                     return
                 self.dbos_soon(lambda: settle(True, value))
             if scope.cancelled_caught:

@@ -17,9 +17,10 @@ which fails loudly on a DBOS release that changes it):
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
-from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer, SetWorkflowID
+from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer, SetWorkflowID, StepOptions
 
 from miniagents.durable._exceptions import DurableConfigError
 
@@ -153,9 +154,9 @@ async def start_and_wait(workflow_id: str, queue: str | None, spec: str, polling
     return result
 
 
-async def run_step(func: Callable[[], Awaitable[str]]) -> str:
+async def run_step(func: Callable[[], Coroutine[Any, Any, str]]) -> str:
     """Run *func* as the next step of the calling task's workflow (or return what that step recorded)."""
-    result: str = await DBOS.run_step_async({"name": STEP_NAME}, func)
+    result: str = await DBOS.run_step_async(StepOptions(name=STEP_NAME), func)
     return result
 
 

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from miniagents._exceptions import MiniAgentsError
 
-__all__ = ["DurableCallError", "DurableConfigError", "DurableError", "DurableKwargsError", "ReplayMismatchError"]
+__all__ = [
+    "DurableCallError",
+    "DurableConfigError",
+    "DurableError",
+    "DurableKwargsError",
+    "ReplayMismatchError",
+]
 
 
 class DurableError(MiniAgentsError):

@@ -23,6 +23,7 @@ import anyio
 import attrs
 import httpx
 
+import miniagents.durable._dbos_api as _dbos_api
 from miniagents import __version__
 from miniagents._calls import InteractionContext
 from miniagents._context import MiniAgents
@@ -30,8 +31,13 @@ from miniagents._encoding import decode_value
 from miniagents._messages import Message
 from miniagents._scope import current_context
 from miniagents._sequence import MessageSequencePromise, MessageType
-from miniagents.durable import _dbos_api
-from miniagents.durable._agent import DurableAgent, DurableScope, current_scope, registered_agent, registered_queues
+from miniagents.durable._agent import (
+    DurableAgent,
+    DurableScope,
+    current_scope,
+    registered_agent,
+    registered_queues,
+)
 from miniagents.durable._bridge import Bridge, DBOSLoop
 from miniagents.durable._exceptions import DurableCallError, DurableConfigError, ReplayMismatchError
 from miniagents.llms._exchange import (
@@ -139,7 +145,9 @@ class DurableRuntime:
                 "DurableRuntime needs an active MiniAgents context: enter it inside `async with MiniAgents():`"
             ) from None
         if _active is not None:
-            raise DurableConfigError("a DurableRuntime is active in this process already (DBOS is one per process)")
+            raise DurableConfigError(
+                "a DurableRuntime is active in this process already (DBOS is one per process)"
+            )
         _active = self
         self._context = context
         try:
@@ -215,7 +223,9 @@ class DurableRuntime:
             current_scope.reset(token)
         return await replies
 
-    async def call(self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str) -> None:
+    async def call(
+        self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str
+    ) -> None:
         """Run (or re-attach to) the durable call *workflow_id* and reply its replies in *ctx* (app loop)."""
         slot = self._slots.setdefault(workflow_id, _Slot())
         result: list[str] = []
@@ -245,7 +255,7 @@ class DurableRuntime:
                     try:
                         async for promise in slot.replies.promises():
                             ctx.reply(promise)  # tokens stream on while the workflow runs here
-                    except Exception:  # noqa: S110 - the recorded outcome below says what failed
+                    except Exception:
                         pass
                 await finished.wait()
         finally:
@@ -392,13 +402,16 @@ class _StepRecorder:
                 recorded = await _dbos_api.run_step(step)
             except asyncio.CancelledError:
                 if not (raw_box and isinstance(raw_box[0], BaseException)):
-                    bridge.app_soon(lambda: decide("error", RuntimeError("the durable runtime is shutting down")))
+                    bridge.app_soon(
+                        lambda: decide("error", RuntimeError("the durable runtime is shutting down"))
+                    )
                     bridge.app_soon(committed.set)
                     raise
                 bridge.app_soon(committed.set)
                 return
             except Exception as error:
-                bridge.app_soon(lambda: decide("error", error))
+                failure = error
+                bridge.app_soon(lambda: decide("error", failure))
                 bridge.app_soon(committed.set)
                 return
             bridge.app_soon(lambda: decide("recorded", recorded))

@@ -36,16 +36,18 @@ async def serve_worker(
     shuts down cleanly; calls still running stay PENDING and are recovered by ``recover_executor`` or by a
     restart with the same executor id.
     """
-    async with MiniAgents() if context is None else _nothing(context):
-        async with DurableRuntime(
+    async with (
+        MiniAgents() if context is None else _nothing(context),
+        DurableRuntime(
             database,
             serve_queues=queues,
             executor_id=executor_id or default_executor_id(),
             worker_concurrency=worker_concurrency,
-        ):
-            if ready is not None:
-                ready.set()
-            await anyio.sleep_forever()
+        ),
+    ):
+        if ready is not None:
+            ready.set()
+        await anyio.sleep_forever()
 
 
 class _nothing:
@@ -67,10 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--db", required=True, help="the DBOS system database URL (postgresql://...)")
     worker.add_argument("--queue", action="append", required=True, help="a queue to serve (repeatable)")
     worker.add_argument(
-        "--import", dest="imports", action="append", default=[], help="a module defining durable agents (repeatable)"
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        help="a module defining durable agents (repeatable)",
     )
-    worker.add_argument("--executor-id", default=None, help="this process's DBOS executor id (default: <host>-<pid>)")
-    worker.add_argument("--concurrency", type=int, default=None, help="at most this many calls at once per queue")
+    worker.add_argument(
+        "--executor-id", default=None, help="this process's DBOS executor id (default: <host>-<pid>)"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="at most this many calls at once per queue"
+    )
     worker.add_argument("--backend", default="trio", choices=["trio", "asyncio"])
     recover = commands.add_parser("recover", help="hand a dead executor's pending calls to the live workers")
     recover.add_argument("--db", required=True, help="the DBOS system database URL")

@@ -321,7 +321,9 @@ async def open_stream(
         async with hook.exchange(ExchangeRequest(provider, url, content), live) as response:
             yield response
         return
-    async with _open_live(client, url, content, headers, timeout, retry, provider, secrets, limits) as response:
+    async with _open_live(
+        client, url, content, headers, timeout, retry, provider, secrets, limits
+    ) as response:
         yield response
 
 

@@ -23,4 +23,3 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         counts = server.counts()
     assert counts == dict.fromkeys(MODELS, 1)
     return {"replies": result["replies"], "store": sorted(store_keys(directory / "store.db"))}
-

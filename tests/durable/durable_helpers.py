@@ -102,11 +102,15 @@ def parse_result(stdout: bytes) -> dict[str, list[str]]:
     return result
 
 
-async def run_app(backend: str, directory: Path, run_id: str, server: FakeServerProcess) -> dict[str, list[str]]:
+async def run_app(
+    backend: str, directory: Path, run_id: str, server: FakeServerProcess
+) -> dict[str, list[str]]:
     """Run ``run_graph.py`` to its end and return its result."""
     with anyio.fail_after(WAIT_LIMIT):
         done = await anyio.run_process(
-            app_args(backend, directory, run_id), env=child_env(MINIAGENTS_DURABLE_LLM=server.url), check=False
+            app_args(backend, directory, run_id),
+            env=child_env(MINIAGENTS_DURABLE_LLM=server.url),
+            check=False,
         )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return parse_result(done.stdout)

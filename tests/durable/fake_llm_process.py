@@ -34,7 +34,7 @@ async def main() -> None:
     args = parser.parse_args()
     counts: collections.Counter[str] = collections.Counter()
 
-    with open(args.log, "a", encoding="utf-8") as log:
+    with open(args.log, "a", encoding="utf-8") as log:  # noqa: ASYNC230 - a test helper process, at start
 
         def handler(request: RecordedRequest) -> ScriptedResponse:
             model = str(request.json["model"])
@@ -52,7 +52,7 @@ async def main() -> None:
 
         async with FakeLLMServer.serve() as server:
             server.handler = handler
-            with open(args.portfile + ".tmp", "w", encoding="utf-8") as out:
+            with open(args.portfile + ".tmp", "w", encoding="utf-8") as out:  # noqa: ASYNC230
                 out.write(str(server.port))
             import os
 

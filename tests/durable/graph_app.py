@@ -19,7 +19,9 @@ QUEUE = os.environ.get("MINIAGENTS_DURABLE_QUEUE") or None
 
 def _llm(alias: str) -> object:
     return durable(
-        openai_agent.fork(alias=alias, model=alias, base_url=BASE_URL, api_key=API_KEY, system=f"You are {alias}."),
+        openai_agent.fork(
+            alias=alias, model=alias, base_url=BASE_URL, api_key=API_KEY, system=f"You are {alias}."
+        ),
         queue=QUEUE,
     )
 

@@ -10,18 +10,19 @@ import json
 import sys
 
 import anyio
-
 import graph_app
+
 from miniagents import MiniAgents
 from miniagents.durable import DurableRuntime, run
 from miniagents.persistence import SQLiteStore
 
 
 async def main(database: str, store: str, run_id: str, executor_id: str) -> None:
-    async with MiniAgents(store=SQLiteStore(store)):
-        async with DurableRuntime(database, executor_id=executor_id):
-            replies = await run(graph_app.graph, "How do durable graphs work?", run_id=run_id)
-    print(json.dumps({"replies": [m.hash_key for m in replies], "text": [str(m) for m in replies]}), flush=True)
+    async with MiniAgents(store=SQLiteStore(store)), DurableRuntime(database, executor_id=executor_id):
+        replies = await run(graph_app.graph, "How do durable graphs work?", run_id=run_id)
+    print(
+        json.dumps({"replies": [m.hash_key for m in replies], "text": [str(m) for m in replies]}), flush=True
+    )
 
 
 if __name__ == "__main__":

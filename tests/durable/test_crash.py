@@ -38,7 +38,9 @@ def _has_request(model: str) -> Callable[[Path, FakeServerProcess], bool]:
 
 
 def _worker1_done_others_in_flight(directory: Path, server: FakeServerProcess) -> bool:
-    done = any(":worker1:" in wid and status == "SUCCESS" for wid, status in workflow_statuses(directory).items())
+    done = any(
+        ":worker1:" in wid and status == "SUCCESS" for wid, status in workflow_statuses(directory).items()
+    )
     counts = server.counts()
     return done and counts.get("worker2", 0) >= 1 and counts.get("worker3", 0) >= 1
 

@@ -4,6 +4,7 @@ DBOS release changes it, or when the installed release leaves the pinned range."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,7 @@ import pytest
 from dbos import DBOS, SetWorkflowID
 
 from miniagents import MiniAgents
-from miniagents.durable import DurableConfigError, DurableRuntime
-from miniagents.durable import _dbos_api
+from miniagents.durable import DurableConfigError, DurableRuntime, _dbos_api
 
 pytestmark = pytest.mark.anyio
 
@@ -50,10 +50,8 @@ async def _answer() -> str:
 
 @DBOS.workflow(name="tests.durable.step_probe")
 async def _step_probe() -> str:
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await DBOS.run_step_async({"name": "probe"}, _cancelled)
-    except asyncio.CancelledError:
-        pass
     return await DBOS.run_step_async({"name": "probe"}, _answer)
 
 

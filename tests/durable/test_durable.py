@@ -68,7 +68,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[tuple[MiniAgents, DurableRunt
 async def test_unserialisable_kwarg_fails_at_call_time_naming_agent_and_path() -> None:
     async with MiniAgents():
         with pytest.raises(DurableKwargsError) as raised:
-            child.inquire("x", n=1, tag={"deep": [1, object()]})  # type: ignore[dict-item]
+            child.inquire("x", n=1, tag={"deep": [1, object()]})
     message = str(raised.value)
     assert "'t_child'" in message
     assert "'tag'['deep'][1]" in message
@@ -78,7 +78,10 @@ async def test_unserialisable_kwarg_fails_at_call_time_naming_agent_and_path() -
 
 @pytest.mark.parametrize(
     ("kwargs", "path"),
-    [({"api_key": "sk-abc"}, "'api_key'"), ({"extra": {"Authorization": "Bearer x"}}, "'extra'['Authorization']")],
+    [
+        ({"api_key": "sk-abc"}, "'api_key'"),
+        ({"extra": {"Authorization": "Bearer x"}}, "'extra'['Authorization']"),
+    ],
 )
 async def test_secret_kwargs_are_refused(kwargs: dict[str, Any], path: str) -> None:
     @miniagent(alias=f"t_secret_{len(path)}")
@@ -133,9 +136,8 @@ async def test_run_opens_a_runtime_from_database(tmp_path: Path) -> None:
 # -- in a runtime ---------------------------------------------------------------------------------------------
 async def test_failure_is_a_durable_call_error(runtime: tuple[MiniAgents, DurableRuntime]) -> None:
     ma, rt = runtime
-    with ma.attach():
-        with pytest.raises(DurableCallError) as raised:
-            await rt.run(fails, "x", run_id="fails")
+    with ma.attach(), pytest.raises(DurableCallError) as raised:
+        await rt.run(fails, "x", run_id="fails")
     assert raised.value.error_type == "ValueError"
     assert "boom from the agent" in str(raised.value)
     executions.clear()
@@ -146,7 +148,9 @@ async def test_failure_is_a_durable_call_error(runtime: tuple[MiniAgents, Durabl
         await rt.run(_child, "x", run_id="not-durable")  # type: ignore[arg-type]
 
 
-async def test_tokens_stream_live_to_a_consumer_in_the_process(runtime: tuple[MiniAgents, DurableRuntime]) -> None:
+async def test_tokens_stream_live_to_a_consumer_in_the_process(
+    runtime: tuple[MiniAgents, DurableRuntime],
+) -> None:
     ma, rt = runtime
     seen_first = anyio.Event()
 
@@ -196,7 +200,9 @@ async def test_fan_out_equals_in_process_and_runs_once(
         again = await rt.run(fanout, run_id=tag, calls=spec, tag=tag)
     assert [str(m) for m in first] == [str(m) for m in plain]
     assert [m.hash_key for m in again] == [m.hash_key for m in first]
-    expected = collections.Counter(("t_child", tag, str(n), text) for n, text in calls)
+    expected: collections.Counter[tuple[str, ...]] = collections.Counter(
+        ("t_child", tag, str(n), text) for n, text in calls
+    )
     expected[("t_fanout", tag)] = 1
     assert counted == dict(expected)
     assert dict(executions) == counted  # the second run executed nothing

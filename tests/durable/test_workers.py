@@ -31,7 +31,9 @@ def _statuses(url: str) -> dict[str, tuple[str, str]]:
 
     with psycopg.connect(url) as db:
         try:
-            rows = db.execute("SELECT workflow_uuid, status, executor_id FROM dbos.workflow_status").fetchall()
+            rows = db.execute(
+                "SELECT workflow_uuid, status, executor_id FROM dbos.workflow_status"
+            ).fetchall()
         except psycopg.errors.UndefinedTable:
             return {}
     return {wid: (status, executor) for wid, status, executor in rows}
@@ -53,8 +55,17 @@ async def test_two_workers_one_killed(
             log = (tmp_path / f"{name}.log").open("wb")
             logs.append(log)
             args = [PYTHON, "-m", "miniagents.durable", "worker", "--db", postgres_url, "--queue", QUEUE]
-            args += ["--import", "graph_app", "--executor-id", name, "--concurrency", "1", "--backend", anyio_backend]
-            workers[name] = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            args += [
+                "--import",
+                "graph_app",
+                "--executor-id",
+                name,
+                "--concurrency",
+                "1",
+                "--backend",
+                anyio_backend,
+            ]
+            workers[name] = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         app_cmd = app_args(anyio_backend, tmp_path, "two-workers")
         app_cmd[3] = postgres_url
         app_cmd.append("app")
@@ -69,7 +80,11 @@ async def test_two_workers_one_killed(
                         statuses = await anyio.to_thread.run_sync(_statuses, postgres_url)
                         held = _call(statuses, "worker1")
                         others = [_call(statuses, alias) for alias in ("worker2", "worker3")]
-                        if held is not None and held[0] == "PENDING" and all(o and o[0] == "SUCCESS" for o in others):
+                        if (
+                            held is not None
+                            and held[0] == "PENDING"
+                            and all(o and o[0] == "SUCCESS" for o in others)
+                        ):
                             break
                         assert app.returncode is None, (tmp_path / "app.err").read_text()[-3000:]
                         await anyio.sleep(0.05)
