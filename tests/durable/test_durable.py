@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from durable_helpers import database_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miniagents import InteractionContext, MiniAgents, TextMessage, miniagent
+from miniagents import InteractionContext, MiniAgents, RateLimit, RateLimiter, TextMessage, miniagent
 from miniagents.durable import (
     DurableAgent,
     DurableCallError,
@@ -23,6 +25,8 @@ from miniagents.durable import (
     durable,
     run,
 )
+from miniagents.llms import openai_agent
+from miniagents.testing import FakeLLMServer, openai_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -206,3 +210,38 @@ async def test_fan_out_equals_in_process_and_runs_once(
     expected[("t_fanout", tag)] = 1
     assert counted == dict(expected)
     assert dict(executions) == counted  # the second run executed nothing
+
+
+llm = durable(openai_agent.fork(alias="t_llm", model="fake-model", api_key="sk-test-durable-in-process-key"))
+
+
+@miniagent(alias="t_llm_fanout")
+async def _llm_fanout(ctx: InteractionContext, base_url: str) -> None:
+    ctx.reply([llm.inquire(f"question {n}", base_url=base_url) for n in range(3)])
+
+
+llm_fanout = durable(_llm_fanout)
+
+
+async def test_calls_share_the_contexts_rate_limiter_and_replays_send_nothing(tmp_path: Path) -> None:
+    limiter = RateLimiter(default=RateLimit(max_concurrent=2))
+    async with FakeLLMServer.serve() as server:
+        server.handler = lambda request: openai_stream(
+            ["answer to ", json.loads(request.body)["messages"][-1]["content"]]
+        )
+        async with (
+            MiniAgents(rate_limiter=limiter),
+            DurableRuntime(f"sqlite:///{tmp_path / 'dbos.db'}") as rt,
+        ):
+            first = await rt.run(llm_fanout, run_id="llm-fanout", base_url=server.openai_base_url)
+            granted = sum(stats.granted for stats in limiter.statistics().values())
+            again = await rt.run(llm_fanout, run_id="llm-fanout", base_url=server.openai_base_url)
+        requests = len(server.requests)
+    assert sorted(str(m) for m in first) == [f"answer to question {n}" for n in range(3)]
+    assert granted == 3  # every durable call's request went through the context's limiter
+    assert requests == 3
+    assert [m.hash_key for m in again] == [m.hash_key for m in first]
+    assert sum(stats.granted for stats in limiter.statistics().values()) == 3  # the replay sent nothing
+    data = await anyio.to_thread.run_sync(database_bytes, tmp_path)
+    assert b"answer to question 0" in data
+    assert b"sk-test-durable-in-process-key" not in data
