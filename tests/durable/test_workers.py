@@ -75,30 +75,35 @@ async def test_two_workers_one_killed(
             logs += [app_out, app_err]
             app = await anyio.open_process(app_cmd, env=env, stdout=app_out, stderr=app_err)
             async with app:
-                with anyio.fail_after(WAIT_LIMIT):
-                    while True:
-                        statuses = await anyio.to_thread.run_sync(_statuses, postgres_url)
-                        held = _call(statuses, "worker1")
-                        others = [_call(statuses, alias) for alias in ("worker2", "worker3")]
-                        if (
-                            held is not None
-                            and held[0] == "PENDING"
-                            and all(o and o[0] == "SUCCESS" for o in others)
-                        ):
-                            break
-                        assert app.returncode is None, (tmp_path / "app.err").read_text()[-3000:]
-                        await anyio.sleep(0.05)
-                executors = {executor for wid, (_, executor) in statuses.items() if wid != "two-workers"}
-                assert executors == {"worker-a", "worker-b"}  # the calls spread over both workers
-                dead = held[1]
-                workers[dead].send_signal(signal.SIGKILL)
-                workers[dead].wait()
-                recovered = await anyio.to_thread.run_sync(recover_executor, postgres_url, dead)
-                assert [wid for wid in recovered if ":worker1:" in wid] == recovered
-                assert len(recovered) == 1
-                with anyio.fail_after(WAIT_LIMIT):
-                    await app.wait()
-                assert app.returncode == 0, (tmp_path / "app.err").read_text()[-3000:]
+                try:
+                    with anyio.fail_after(WAIT_LIMIT):
+                        while True:
+                            statuses = await anyio.to_thread.run_sync(_statuses, postgres_url)
+                            held = _call(statuses, "worker1")
+                            others = [_call(statuses, alias) for alias in ("worker2", "worker3")]
+                            if (
+                                held is not None
+                                and held[0] == "PENDING"
+                                and server.counts().get("worker1", 0) == 1  # its request is in flight (hung)
+                                and all(o and o[0] == "SUCCESS" for o in others)
+                            ):
+                                break
+                            assert app.returncode is None, (tmp_path / "app.err").read_text()[-3000:]
+                            await anyio.sleep(0.05)
+                    executors = {executor for wid, (_, executor) in statuses.items() if wid != "two-workers"}
+                    assert executors == {"worker-a", "worker-b"}  # the calls spread over both workers
+                    dead = held[1]
+                    workers[dead].send_signal(signal.SIGKILL)
+                    workers[dead].wait()
+                    recovered = await anyio.to_thread.run_sync(recover_executor, postgres_url, dead)
+                    assert [wid for wid in recovered if ":worker1:" in wid] == recovered
+                    assert len(recovered) == 1
+                    with anyio.fail_after(WAIT_LIMIT):
+                        await app.wait()
+                    assert app.returncode == 0, (tmp_path / "app.err").read_text()[-3000:]
+                finally:
+                    if app.returncode is None:  # a failed test leaves no process behind
+                        app.kill()
             result = parse_result((tmp_path / "app.out").read_bytes())
             counts = server.counts()
             final = await anyio.to_thread.run_sync(_statuses, postgres_url)
