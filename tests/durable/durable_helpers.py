@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,12 +33,14 @@ def child_env(**extra: str) -> dict[str, str]:
 class FakeServerProcess:
     """``fake_llm_process.py`` running in a process of its own; :meth:`counts` reads its request log."""
 
-    def __init__(self, directory: Path, hang: list[str]) -> None:
+    def __init__(self, directory: Path, hang: list[str], gate: list[str]) -> None:
         self.log = directory / "requests.log"
-        portfile = directory / "port"
+        portfile = self._portfile = directory / "port"
         args = [PYTHON, str(HERE / "fake_llm_process.py"), str(self.log), str(portfile)]
         for model in hang:
             args += ["--hang", model]
+        for model in gate:
+            args += ["--gate", model]
         self.process = subprocess.Popen(args, env=child_env())
         for _ in range(int(WAIT_LIMIT / 0.05)):
             if portfile.exists():
@@ -61,6 +63,10 @@ class FakeServerProcess:
             found[json.loads(line)["model"]] += 1
         return dict(found)
 
+    def open_gate(self) -> None:
+        """Let the ``--gate`` requests finish."""
+        Path(f"{self._portfile}.open").touch()
+
     def stop(self) -> None:
         """End the process."""
         self.process.send_signal(signal.SIGTERM)
@@ -72,10 +78,12 @@ class FakeServerProcess:
 
 
 @contextmanager
-def fake_server(directory: Path, hang: list[str] = ()) -> Iterator[FakeServerProcess]:  # type: ignore[assignment]
+def fake_server(
+    directory: Path, hang: Sequence[str] = (), gate: Sequence[str] = ()
+) -> Iterator[FakeServerProcess]:
     """Run a :class:`FakeServerProcess` for the block."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = FakeServerProcess(directory, list(hang))
+    server = FakeServerProcess(directory, list(hang), list(gate))
     try:
         yield server
     finally:

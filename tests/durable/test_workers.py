@@ -1,10 +1,11 @@
 """Two worker processes (``python -m miniagents.durable worker``) serve one PostgreSQL queue.
 
 The graph of ``graph_app.py`` with its LLM agents on the queue ``llm``; the root call runs in the app process.
-The first request of ``worker1`` hangs mid-stream: the test waits until the other two worker calls finished in
-the other worker (the calls spread over both), kills the worker holding ``worker1`` with SIGKILL, hands its
-pending call to the live one (``recover_executor``), and checks that the graph finishes with the replies of an
-uninterrupted run, re-sending only the request that was in flight.
+Each worker runs one call at a time.  The first request of ``worker1`` hangs mid-stream and the first of ``worker2``
+waits at a gate, so each worker holds one of them (the calls spread over both, whichever worker started listening
+first).  The test kills the worker holding ``worker1`` with SIGKILL, hands its pending call to the live one
+(``recover_executor``), opens the gate, and checks that the graph finishes with the replies of an uninterrupted
+run, re-sending only the request that was in flight in the killed worker.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _call(statuses: dict[str, tuple[str, str]], alias: str) -> tuple[str, str] |
 async def test_two_workers_one_killed(
     anyio_backend: str, tmp_path: Path, postgres_url: str, reference: dict[str, object]
 ) -> None:
-    with fake_server(tmp_path / "server", ["worker1"]) as server:
+    with fake_server(tmp_path / "server", hang=["worker1"], gate=["worker2"]) as server:
         env = child_env(MINIAGENTS_DURABLE_LLM=server.url, MINIAGENTS_DURABLE_QUEUE=QUEUE)
         workers = {}
         logs = []
@@ -80,24 +81,26 @@ async def test_two_workers_one_killed(
                         while True:
                             statuses = await anyio.to_thread.run_sync(_statuses, postgres_url)
                             held = _call(statuses, "worker1")
-                            others = [_call(statuses, alias) for alias in ("worker2", "worker3")]
+                            gated = _call(statuses, "worker2")
+                            counts = server.counts()
                             if (
                                 held is not None
-                                and held[0] == "PENDING"
-                                and server.counts().get("worker1", 0) == 1  # its request is in flight (hung)
-                                and all(o and o[0] == "SUCCESS" for o in others)
+                                and gated is not None
+                                and held[0] == gated[0] == "PENDING"
+                                # both requests are in flight (hung, and at the gate)
+                                and counts.get("worker1") == counts.get("worker2") == 1
                             ):
                                 break
                             assert app.returncode is None, (tmp_path / "app.err").read_text()[-3000:]
                             await anyio.sleep(0.05)
-                    executors = {executor for wid, (_, executor) in statuses.items() if wid != "two-workers"}
-                    assert executors == {"worker-a", "worker-b"}  # the calls spread over both workers
+                    assert {held[1], gated[1]} == {"worker-a", "worker-b"}  # the calls spread over both
                     dead = held[1]
                     workers[dead].send_signal(signal.SIGKILL)
                     workers[dead].wait()
                     recovered = await anyio.to_thread.run_sync(recover_executor, postgres_url, dead)
                     assert [wid for wid in recovered if ":worker1:" in wid] == recovered
                     assert len(recovered) == 1
+                    server.open_gate()
                     with anyio.fail_after(WAIT_LIMIT):
                         await app.wait()
                     assert app.returncode == 0, (tmp_path / "app.err").read_text()[-3000:]
@@ -123,6 +126,7 @@ async def test_two_workers_one_killed(
     assert counts == {model: 2 if model == "worker1" else 1 for model in MODELS}
     survivor = ({"worker-a", "worker-b"} - {dead}).pop()
     assert _call(final, "worker1") == ("SUCCESS", survivor)  # another worker finished the killed one's call
+    assert _call(final, "worker2") == ("SUCCESS", survivor)
     assert _call(final, "reducer") == ("SUCCESS", survivor)
     import psycopg
 
