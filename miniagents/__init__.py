@@ -13,7 +13,7 @@ every import with ``ast`` and enforces this table, and checks that ``docs/archit
 
     layer  what                      modules
     10     plug-ins on the others    miniagents.testing  miniagents.asgi
-    9      plug-ins on llms          miniagents.tracing  miniagents.mcp
+    9      plug-ins on llms          miniagents.tracing  miniagents.mcp  miniagents.durable
     8      plug-ins                  miniagents.llms  miniagents.persistence
     7      the public namespace      miniagents  miniagents.miniagents
     6      agents and calls          _agents  _calls  _chain

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager, nullcontext, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from miniagents.llms._exceptions import (
     TruncatedStreamError,
     error_class_for,
 )
+from miniagents.llms._exchange import ExchangeRequest, active_exchange
 from miniagents.llms._limiting import RequestLimits
 from miniagents.llms._retry import RetryPolicy, retry_after_seconds, should_retry_status
 
@@ -304,10 +305,40 @@ async def open_stream(
     With *limits*, every attempt first waits for its rate-limit leases and holds them until the response is
     closed; a 429/503/529 with ``retry-after`` pauses the keys, and the retry then waits in the limiter's queue
     (in order, behind the other waiters) instead of sleeping.
+
+    When an exchange hook is active (:data:`miniagents.llms._exchange.active_exchange`, set by a durable run),
+    the hook runs the exchange: live (all of the above) or answered from its record (no request is sent).
     """
     secrets = list(secrets)
     check_header_values(headers, provider=provider)
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    hook = active_exchange.get()
+    if hook is not None:
+
+        def live() -> AbstractAsyncContextManager[httpx.Response]:
+            return _open_live(client, url, content, headers, timeout, retry, provider, secrets, limits)
+
+        async with hook.exchange(ExchangeRequest(provider, url, content), live) as response:
+            yield response
+        return
+    async with _open_live(
+        client, url, content, headers, timeout, retry, provider, secrets, limits
+    ) as response:
+        yield response
+
+
+@asynccontextmanager
+async def _open_live(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout: httpx.Timeout,
+    retry: RetryPolicy,
+    provider: str,
+    secrets: list[str],
+    limits: RequestLimits | None,
+) -> AsyncIterator[httpx.Response]:
     if limits is not None:
         limits.estimate(len(content))
     retries_done = 0

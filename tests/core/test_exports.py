@@ -31,6 +31,7 @@ NAMESPACES = [
     "miniagents.testing",
     "miniagents.asgi",
     "miniagents.mcp",
+    "miniagents.durable",
 ]
 
 #: Names a namespace holds for itself that are not exports (imports it needs at module level).
@@ -42,6 +43,7 @@ NOT_EXPORTS = {
     "miniagents.testing": {"annotations", "importlib", "publish_object", "TYPE_CHECKING", "Any"},
     "miniagents.asgi": {"publish"},
     "miniagents.mcp": {"publish"},
+    "miniagents.durable": {"publish"},
 }
 
 #: Exports that are values or type aliases, not classes or functions (they have no ``__module__`` of their own).
@@ -54,6 +56,7 @@ VALUES = {
     "__version__",
     "CAPTURE_CONTENT_ENV",
     "CASSETTE_MODE_ENV",
+    "DATABASE_ENV",
     "MCPServerSpec",
 }
 

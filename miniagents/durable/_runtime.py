@@ -1,0 +1,500 @@
+"""The durable runtime: DBOS launched on its own asyncio loop, the workflow body, the exchange steps, ``run()``.
+
+One :class:`DurableRuntime` is active per process (DBOS is a process-wide singleton).  It is entered inside a
+:class:`~miniagents.MiniAgents` context, and every durable call this process runs (started here, dequeued from a
+served queue, or recovered after a crash) runs as a root call of that context: its HTTP pool, rate limiter,
+store and observers are shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+
+import miniagents.durable._dbos_api as _dbos_api
+from miniagents import __version__
+from miniagents._calls import InteractionContext
+from miniagents._context import MiniAgents
+from miniagents._encoding import decode_value
+from miniagents._messages import Message
+from miniagents._scope import current_context
+from miniagents._sequence import MessageSequencePromise, MessageType
+from miniagents.durable._agent import (
+    DurableAgent,
+    DurableScope,
+    current_scope,
+    registered_agent,
+    registered_queues,
+)
+from miniagents.durable._bridge import Bridge, DBOSLoop
+from miniagents.durable._exceptions import DurableCallError, DurableConfigError, ReplayMismatchError
+from miniagents.llms._exchange import (
+    ExchangeRequest,
+    RecordedResponse,
+    active_exchange,
+    replayed_response,
+    tee_response,
+)
+
+__all__ = ["DATABASE_ENV", "DurableRuntime", "recover_executor", "run"]
+
+#: The environment variable ``run()`` takes the database from when no runtime is active.
+DATABASE_ENV = "MINIAGENTS_DURABLE_DB"
+
+_active: DurableRuntime | None = None
+
+
+def default_executor_id() -> str:
+    """``<host>-<pid>``: distinct for every worker process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """The live replies of a durable call running in this process, for a caller in this process."""
+
+    ready: anyio.Event = attrs.field(factory=anyio.Event)
+    replies: MessageSequencePromise | None = None
+
+
+class DurableRuntime:
+    """DBOS for durable runs, for the duration of an ``async with`` block inside a ``MiniAgents`` context.
+
+    Args:
+        database: the DBOS system database: ``sqlite:///path.db`` (one process) or
+            ``postgresql://user:pw@host:port/db`` (many processes, many machines).
+        serve_queues: the queues whose calls this process runs (a worker); calls of agents without a queue
+            are always run by the process that makes them, and recovered calls by any process.
+        executor_id: this process's id for DBOS: ``"local"`` by default (one embedded process, which recovers
+            its own pending calls when it starts again); give every worker its own (the worker entry point
+            uses ``<host>-<pid>``).
+        application_version: the DBOS application version: processes recover each other's calls only within
+            one version.
+        polling_interval: seconds between two polls of a queue or of a result in the database.
+        worker_concurrency: at most this many calls of each served queue at once in this process (``None``:
+            no limit); the workers of one queue should agree (DBOS keeps one setting per queue).
+        log_level: DBOS's log level.
+
+    Entering launches DBOS in a helper thread's asyncio loop (on trio and on asyncio alike), which recovers
+    the calls this executor left PENDING (a crash): they run again at once, re-issuing only the LLM requests
+    that had not finished.  Leaving shuts DBOS down; calls still running stay PENDING in the database.
+
+    Raises:
+        DurableConfigError: no ``MiniAgents`` context is active, another runtime is active in the process, or
+            the installed DBOS is outside the supported range.
+
+    """
+
+    def __init__(
+        self,
+        database: str,
+        *,
+        serve_queues: Sequence[str] = (),
+        executor_id: str = "local",
+        application_version: str = f"miniagents-{__version__}",
+        polling_interval: float = 0.05,
+        worker_concurrency: int | None = None,
+        log_level: str = "WARNING",
+        app_name: str = "miniagents",
+    ) -> None:
+        self.database = database
+        self.serve_queues = tuple(serve_queues)
+        self.executor_id = executor_id
+        self.application_version = application_version
+        self.polling_interval = polling_interval
+        self.worker_concurrency = worker_concurrency
+        self.log_level = log_level
+        self.app_name = app_name
+        self.active = False
+        self._context: MiniAgents | None = None
+        self._loop: DBOSLoop | None = None
+        self._bridge: Bridge | None = None
+        self._slots: dict[str, _Slot] = {}
+        self._run_ids: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<DurableRuntime executor_id={self.executor_id!r} active={self.active}>"
+
+    @property
+    def bridge(self) -> Bridge:
+        """The loops' bridge (while active)."""
+        if self._bridge is None:
+            raise DurableConfigError("the DurableRuntime is not active")
+        return self._bridge
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def __aenter__(self) -> DurableRuntime:
+        global _active
+        _dbos_api.check_version()
+        try:
+            context = MiniAgents.current()
+        except Exception:
+            raise DurableConfigError(
+                "DurableRuntime needs an active MiniAgents context: enter it inside `async with MiniAgents():`"
+            ) from None
+        if _active is not None:
+            raise DurableConfigError(
+                "a DurableRuntime is active in this process already (DBOS is one per process)"
+            )
+        _active = self
+        self._context = context
+        try:
+            self._loop = DBOSLoop()
+            self._bridge = Bridge(self._loop.loop, context._spawn)
+            _dbos_api.set_workflow_body(self._workflow_body)
+            self.active = True
+
+            async def launch() -> None:
+                await _dbos_api.launch(
+                    name=self.app_name,
+                    database_url=self.database,
+                    executor_id=self.executor_id,
+                    application_version=self.application_version,
+                    serve_queues=self.serve_queues,
+                    declare_queues=sorted(registered_queues()),
+                    queue_polling_interval=self.polling_interval,
+                    worker_concurrency=self.worker_concurrency,
+                    log_level=self.log_level,
+                )
+
+            await self._bridge.to_dbos(launch)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        global _active
+        self.active = False
+        loop = self._loop
+        if loop is not None:
+            await anyio.to_thread.run_sync(_destroy_quietly)
+            await anyio.to_thread.run_sync(loop.stop)
+        _dbos_api.set_workflow_body(None)
+        self._loop = None
+        self._bridge = None
+        if _active is self:
+            _active = None
+
+    # -- running --------------------------------------------------------------------------------------------
+    async def run(
+        self, agent: DurableAgent, messages: MessageType | None = None, *, run_id: str, **kwargs: Any
+    ) -> tuple[Message, ...]:
+        """Run *agent* on *messages* as the durable run *run_id* and return its replies.
+
+        The call is the root workflow, whose id is *run_id*; the durable calls it makes are its children.  With
+        a *run_id* that finished, the recorded replies are returned (nothing runs); with one that was
+        interrupted, the run resumes: finished calls are not run again, and only the LLM requests that were in
+        flight are sent again.  Replies stream live to consumers in this process (``run`` returns them whole).
+
+        Raises:
+            TypeError: *agent* is not a :class:`DurableAgent`.
+            DurableCallError: the run ended with an error.
+            DurableConfigError: the runtime is not active.
+
+        """
+        if not isinstance(agent, DurableAgent):
+            raise TypeError(f"run() needs a durable agent (durable(agent)), got {agent!r}")
+        if not self.active:
+            raise DurableConfigError("the DurableRuntime is not active: use `async with DurableRuntime(...)`")
+        token = current_scope.set(DurableScope(self, run_id, None))
+        try:
+            replies = agent.inquire(messages, **kwargs)
+        finally:
+            current_scope.reset(token)
+        return await replies
+
+    async def call(
+        self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str
+    ) -> None:
+        """Run (or re-attach to) the durable call *workflow_id* and reply its replies in *ctx* (app loop)."""
+        slot = self._slots.setdefault(workflow_id, _Slot())
+        result: list[str] = []
+        finished = anyio.Event()
+
+        async def wait_result() -> None:
+            def start() -> Any:
+                return _dbos_api.start_and_wait(workflow_id, queue, spec, self.polling_interval)
+
+            result.append(await self.bridge.to_dbos(start))
+            finished.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_result)
+                async with anyio.create_task_group() as first:
+
+                    async def on(event: anyio.Event) -> None:
+                        await event.wait()
+                        first.cancel_scope.cancel()
+
+                    first.start_soon(on, slot.ready)
+                    first.start_soon(on, finished)
+                live = slot.ready.is_set()
+                if live:
+                    assert slot.replies is not None
+                    try:
+                        async for promise in slot.replies.promises():
+                            ctx.reply(promise)  # tokens stream on while the workflow runs here
+                    except Exception:
+                        pass
+                await finished.wait()
+        finally:
+            if self._slots.get(workflow_id) is slot:
+                del self._slots[workflow_id]
+        outcome = json.loads(result[0])
+        error = outcome.get("error")
+        if error is not None:
+            raise DurableCallError(
+                f"durable call of {alias!r} failed ({error['type']}: {error['message']}) [workflow {workflow_id}]",
+                alias=alias,
+                workflow_id=workflow_id,
+                error_type=error["type"],
+            )
+        if not live:
+            ctx.reply([Message.from_dict(data) for data in outcome["replies"]])
+
+    # -- the workflow ---------------------------------------------------------------------------------------
+    async def _workflow_body(self, spec: str) -> str:
+        """The DBOS workflow of one durable call (DBOS loop): the agent runs on the application's loop."""
+        workflow_id = _dbos_api.current_workflow_id()
+        recorder = _StepRecorder(self.bridge, contextvars.copy_context(), workflow_id)
+        return await self.bridge.to_app(lambda: self._execute(workflow_id, json.loads(spec), recorder))
+
+    async def _execute(self, workflow_id: str, spec: dict[str, Any], recorder: _StepRecorder) -> str:
+        """Run the durable call's agent in the runtime's context and return its outcome as JSON (app loop)."""
+        assert self._context is not None
+        agent = registered_agent(spec["alias"]).inner
+        inputs = [Message.from_dict(data) for data in spec["input"]]
+        kwargs = decode_value(spec["kwargs"])
+        with self._context.attach():
+            scope_token = current_scope.set(DurableScope(self, spec["run_id"], workflow_id))
+            exchange_token = active_exchange.set(recorder)
+            try:
+                replies = agent.inquire(inputs, **kwargs)
+            finally:
+                active_exchange.reset(exchange_token)
+                current_scope.reset(scope_token)
+        slot = self._slots.setdefault(workflow_id, _Slot())
+        slot.replies = replies
+        slot.ready.set()
+        try:
+            messages = await replies
+        except Exception as error:
+            return json.dumps({"error": {"type": type(error).__name__, "message": str(error)}})
+        finally:
+            if self._slots.get(workflow_id) is slot:
+                del self._slots[workflow_id]
+        return json.dumps({"replies": [m.to_dict() for m in messages]}, ensure_ascii=False)
+
+
+def _destroy_quietly() -> None:
+    _dbos_api.destroy()
+
+
+def _encode_record(recorded: RecordedResponse, digest: str) -> str:
+    return json.dumps(
+        {
+            "digest": digest,
+            "status": recorded.status,
+            "headers": [list(pair) for pair in recorded.headers],
+            **_encode_body(recorded.body),
+        }
+    )
+
+
+def _encode_body(body: bytes) -> dict[str, str]:
+    try:
+        return {"text": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(body).decode("ascii")}
+
+
+def _decode_record(text: str) -> tuple[RecordedResponse, str]:
+    data = json.loads(text)
+    headers = tuple((str(name), str(value)) for name, value in data["headers"])
+    body = data["text"].encode("utf-8") if "text" in data else base64.b64decode(data["base64"])
+    return RecordedResponse(int(data["status"]), headers, body), str(data["digest"])
+
+
+class _StepRecorder:
+    """The exchange hook of one durable call: each LLM exchange is one DBOS step of the call's workflow.
+
+    The step's recorded result is the raw response (status, the kept headers, the body bytes) and the digest of
+    the request.  Live, the response streams to the adapter as it arrives and is recorded when it was read to
+    its end; replayed, the adapter parses the recorded bytes (no request is sent).  A failed or cancelled live
+    exchange records nothing, so the request is sent again when the call resumes.
+    """
+
+    def __init__(self, bridge: Bridge, context: contextvars.Context, workflow_id: str) -> None:
+        self._bridge = bridge
+        self._context = context
+        self._workflow_id = workflow_id
+
+    def exchange(
+        self,
+        request: ExchangeRequest,
+        live: Callable[[], AbstractAsyncContextManager[httpx.Response]],
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        return self._exchange(request, live)
+
+    @asynccontextmanager
+    async def _exchange(
+        self,
+        request: ExchangeRequest,
+        live: Callable[[], AbstractAsyncContextManager[httpx.Response]],
+    ) -> AsyncIterator[httpx.Response]:
+        bridge = self._bridge
+        decided = anyio.Event()
+        committed = anyio.Event()
+        decision: list[tuple[str, Any]] = []
+        # Set on the application's loop, awaited on the DBOS loop.
+        raw: asyncio.Future[str] | None = None
+        raw_box: list[str | BaseException] = []
+
+        def decide(kind: str, value: Any = None) -> None:
+            if not decision:
+                decision.append((kind, value))
+                decided.set()
+
+        def deliver(value: str | BaseException) -> None:
+            # On the DBOS loop: hand the live response (or the abandonment) to the waiting step.
+            raw_box.append(value)
+            if raw is not None and not raw.done():
+                if isinstance(value, BaseException):
+                    raw.set_exception(value)
+                else:
+                    raw.set_result(value)
+
+        async def step() -> str:
+            nonlocal raw
+            raw = asyncio.get_running_loop().create_future()
+            if not raw_box:
+                bridge.app_soon(lambda: decide("live"))
+                value: str | BaseException = await raw
+            else:  # abandoned before the step started
+                value = raw_box[0]
+            if isinstance(value, BaseException):
+                raise value
+            return value
+
+        async def run_step() -> None:
+            try:
+                recorded = await _dbos_api.run_step(step)
+            except asyncio.CancelledError:
+                if not (raw_box and isinstance(raw_box[0], BaseException)):
+                    bridge.app_soon(
+                        lambda: decide("error", RuntimeError("the durable runtime is shutting down"))
+                    )
+                    bridge.app_soon(committed.set)
+                    raise
+                bridge.app_soon(committed.set)
+                return
+            except Exception as error:
+                failure = error
+                bridge.app_soon(lambda: decide("error", failure))
+                bridge.app_soon(committed.set)
+                return
+            bridge.app_soon(lambda: decide("recorded", recorded))
+            bridge.app_soon(committed.set)
+
+        bridge.spawn_dbos(run_step, self._context.copy())
+        try:
+            await decided.wait()
+        except BaseException:
+            bridge.dbos_soon(lambda: deliver(asyncio.CancelledError()))
+            raise
+        kind, value = decision[0]
+        if kind == "error":
+            raise value
+        if kind == "recorded":
+            recorded, digest = _decode_record(value)
+            if digest != request.digest:
+                raise ReplayMismatchError(
+                    f"workflow {self._workflow_id}: the LLM request at this point of the resumed call differs "
+                    "from the recorded one (a durable call must make its LLM requests in a deterministic order; "
+                    "make concurrent LLM sub-agents durable themselves)"
+                )
+            yield replayed_response(recorded, request)
+            return
+        try:
+            async with live() as response:
+                tee = tee_response(response)
+                yield response
+        except BaseException:
+            bridge.dbos_soon(lambda: deliver(asyncio.CancelledError()))
+            raise
+        record = _encode_record(tee.recorded(), request.digest)
+        bridge.dbos_soon(lambda: deliver(record))
+        await committed.wait()
+
+
+async def run(
+    agent: DurableAgent,
+    messages: MessageType | None = None,
+    *,
+    run_id: str,
+    database: str | None = None,
+    **kwargs: Any,
+) -> tuple[Message, ...]:
+    """Run *agent* as the durable run *run_id* in the active :class:`DurableRuntime` (see :meth:`DurableRuntime.run`).
+
+    With no active runtime, one is opened for this run on *database* (default: the ``MINIAGENTS_DURABLE_DB``
+    environment variable), in the current ``MiniAgents`` context or in one opened for the run, and closed
+    after it (launching DBOS costs a fraction of a second: open a runtime yourself for many runs).
+
+    Raises:
+        DurableConfigError: no runtime is active and no database is given.
+
+    """
+    runtime = _active
+    if runtime is not None and runtime.active:
+        return await runtime.run(agent, messages, run_id=run_id, **kwargs)
+    database = database or os.environ.get(DATABASE_ENV)
+    if not database:
+        raise DurableConfigError(
+            f"run() needs an active DurableRuntime (`async with DurableRuntime(database):`), database= or "
+            f"{DATABASE_ENV}"
+        )
+    if current_context.get() is None:
+        async with MiniAgents(), DurableRuntime(database) as opened:
+            return await opened.run(agent, messages, run_id=run_id, **kwargs)
+    async with DurableRuntime(database) as opened:
+        return await opened.run(agent, messages, run_id=run_id, **kwargs)
+
+
+def recover_executor(database: str, executor_id: str) -> list[str]:
+    """Hand the PENDING calls of a dead executor (a worker that crashed for good) to the live processes.
+
+    Each goes back on its queue (or DBOS's internal one) and runs again in whichever process takes it; its
+    finished LLM exchanges are replayed from their records.  Use it only for an executor that is gone (two
+    runs of one call at once would both send its in-flight requests); an executor that restarts with its own
+    id recovers its calls by itself.  Blocking (call it in a thread from async code); returns the workflow ids.
+    Also ``python -m miniagents.durable recover --db URL --executor-id ID``.
+    """
+    _dbos_api.check_version()
+    return _dbos_api.recover_executor(database, executor_id)
+
+
+def active_runtime() -> DurableRuntime | None:
+    """The active runtime of the process, if any."""
+    return _active
