@@ -332,11 +332,11 @@ class _PromiseIterator(BufferIterator[Item]):
 
     async def __anext__(self) -> MessagePromise:
         item = await BufferIterator.__anext__(self)
-        if isinstance(item, Message):  # (tested first: see _MessageIterator.__anext__)
-            return MessagePromise.resolved(item)
-        if item._observes is not None:
-            item._observed()
-        return item
+        if isinstance(item, MessagePromise):  # (mostly promises here: streamed messages)
+            if item._observes is not None:
+                item._observed()
+            return item
+        return MessagePromise.resolved(item)
 
 
 class MessageSequenceWriter:
