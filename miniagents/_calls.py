@@ -218,7 +218,7 @@ class AgentCall:
         self._input_origin: MessageSequencePromise | None = None
         self._input_sent = False
         self._replies = SequenceBuilder(context, self)
-        self._replies.on_pump_error = self._fail_from_pump
+        self._replies.fail_owner_on_pump_error = True  # a failing reply source fails the call
         self._replies.fail_when_cancelled = False  # the call concludes its replies itself
         self._reply_sequence = MessageSequencePromise._from_buffer(self._replies.buffer)
         self._reply_sequence._call = self  # for `async with replies:` (CONCLUDED once the call ends)
@@ -416,9 +416,6 @@ class AgentCall:
             call = call.parent
         aliases.reverse()
         return aliases
-
-    def _fail_from_pump(self, error: BaseException, passed_on: bool) -> None:
-        self._fail(error, passed_on=passed_on)  # a reply source failed: so does the call
 
     def _fail(self, error: BaseException, *, passed_on: bool = False) -> None:
         """Fail the call with *error* (the first failure wins) and cancel the rest of it.

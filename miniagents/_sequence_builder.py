@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -31,7 +31,7 @@ from miniagents._promises import MessagePromise
 from miniagents._sequence import Item, MessageSequencePromise, MessageType, install_builder_factory
 
 if TYPE_CHECKING:
-    from miniagents._scope import ContextLike, TaskOwner
+    from miniagents._scope import CallLike, ContextLike, TaskOwner
 
 _DONE: Any = object()
 
@@ -49,9 +49,11 @@ class _Continuation:
 class SequenceBuilder:
     """Flattens ``MessageType`` values into a :class:`ReplayBuffer` (see the module docstring).
 
-    ``on_pump_error(error, passed_on)`` is called when a pump fails: an async source raised
-    (``passed_on=False``) or a forwarded sequence failed (``passed_on=True``: another buffer recorded the
-    failure already); by default the builder fails itself.  A pump cancelled before it finished fails the
+    With ``fail_owner_on_pump_error`` set (an agent call's replies), a failing pump fails the owner instead,
+    ``owner._fail(error, passed_on=...)``: an async source raised (``passed_on=False``) or a forwarded sequence
+    failed (``passed_on=True``: another buffer recorded the failure already); by default the builder fails
+    itself.  (A flag, not a callback: a bound method per call would be one more object per call for the
+    garbage collector to walk while thousands of calls are in flight.)  A pump cancelled before it finished fails the
     builder with :class:`AgentCallCancelledError` unless ``fail_when_cancelled`` is false (an agent call's
     replies: the call concludes them itself).  Either way, items
     sent after the one that failed are never delivered: an error surfaces after exactly the messages before it.
@@ -74,8 +76,8 @@ class SequenceBuilder:
         "_pumps",
         "_staged",
         "buffer",
+        "fail_owner_on_pump_error",
         "fail_when_cancelled",
-        "on_pump_error",
     )
 
     def __init__(self, context: ContextLike | None, owner: TaskOwner | None) -> None:
@@ -100,7 +102,7 @@ class SequenceBuilder:
         self._pump_scopes: set[anyio.CancelScope] | None = None
         self._finishing = False
         self._forwarded_error: BaseException | None = None
-        self.on_pump_error: Callable[[BaseException, bool], None] | None = None  # None: fail this builder
+        self.fail_owner_on_pump_error = False  # True: a pump's failure fails the owner (a call), not this
         self.fail_when_cancelled = True
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -317,12 +319,11 @@ class SequenceBuilder:
             self._pump_cancelled()
             raise
         except Exception as exc:
-            (self.on_pump_error or self._fail_from_pump)(exc, exc is self._forwarded_error)
+            if not self._fail_owner(exc, exc is self._forwarded_error):
+                self._fail_from_pump(exc, exc is self._forwarded_error)
             self._pump_ended()
         except BaseException as exc:  # KeyboardInterrupt, SystemExit from a source: the context stops
-            if self.on_pump_error is not None:
-                self.on_pump_error(exc, False)  # the call reports it to its context
-            else:
+            if not self._fail_owner(exc, False):  # (the call reports it to its context)
                 self._fail_from_pump(exc, False)
                 if self._context is not None:
                     self._context._fatal_error(exc)
@@ -335,15 +336,24 @@ class SequenceBuilder:
         finally:
             self._pump_scopes.discard(scope)
 
+    def _fail_owner(self, error: BaseException, passed_on: bool) -> bool:
+        """Fail the owning call with a pump's *error* if this builder reports to it; whether it did."""
+        if not self.fail_owner_on_pump_error:
+            return False
+        owner = self._owner
+        if owner is None:  # detached: the call has concluded
+            return False
+        cast("CallLike", owner)._fail(error, passed_on=passed_on)
+        return True
+
     def _pump_cancelled(self) -> None:
         if self.fail_when_cancelled:
             self.fail(AgentCallCancelledError("a message source was cancelled before it finished"))
         self._pump_ended()
 
     def detach(self) -> None:
-        """Forget the owner and its callback once it has concluded (no reference cycle outlives a call)."""
+        """Forget the owner once it has concluded (no reference cycle outlives a call)."""
         self._owner = None
-        self.on_pump_error = None
 
     def cancel_pumps(self) -> None:
         """Cancel every pump still feeding this builder (their sources stop; the builder fails as cancelled)."""
