@@ -298,7 +298,10 @@ class DurableRuntime:
         slot.replies = replies
         slot.ready.set()
         try:
-            messages = await replies
+            # Leaving the block cancelled (the runtime is left, the workflow is cancelled) cancels the agent's
+            # call and waits for it: nothing it started (an LLM stream) outlives the workflow.
+            async with replies:
+                messages = await replies
         except Exception as error:
             return json.dumps({"error": {"type": type(error).__name__, "message": str(error)}})
         finally:

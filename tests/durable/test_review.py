@@ -1,0 +1,150 @@
+"""Review tests of ``miniagents.durable``: secrets, replay after an in-process interruption, clear errors.
+
+An interruption is made in the process: the run's caller is cancelled and the runtime left while an LLM request
+hangs (the workflow stays PENDING, as after a crash), then a new runtime on the same database (same executor
+id) recovers it.  Each test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from durable_helpers import database_bytes
+
+from miniagents import InteractionContext, MiniAgents, miniagent
+from miniagents.durable import (
+    DurableCallError,
+    DurableRuntime,
+    durable,
+)
+from miniagents.llms import openai_agent
+from miniagents.testing import FakeLLMServer, RecordedRequest, ScriptedResponse, openai_stream
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "sk-review-durable-secret-key-0123456789"
+
+plain_llm = openai_agent.fork(alias="rv_plain_llm", model="fake-model", api_key=API_KEY)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dbos.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+def database_text(database: str, tmp_path: Path) -> bytes:
+    """Everything the DBOS database holds, as bytes (the SQLite files, or every PostgreSQL row as text)."""
+    if database.startswith("sqlite"):
+        return database_bytes(tmp_path)
+    import psycopg
+
+    chunks: list[bytes] = []
+    with psycopg.connect(database) as db:
+        tables = db.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = 'dbos'"
+        ).fetchall()
+        for schema, table in tables:
+            for row in db.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall():
+                chunks.append(repr(row).encode())
+    return b"\n".join(chunks)
+
+
+def last_content(request: RecordedRequest) -> str:
+    return str(request.json["messages"][-1]["content"])
+
+
+async def interrupted(
+    database: str, start: Callable[[DurableRuntime], Any], until: Callable[[], bool]
+) -> list[BaseException]:
+    """Run ``start(runtime)`` until ``until()`` holds, then leave the runtime (its calls stay PENDING).
+
+    Returns what the interrupted run raised.
+    """
+    raised: list[BaseException] = []
+    async with MiniAgents(), anyio.create_task_group() as tg, DurableRuntime(database) as rt:
+
+        async def go() -> None:
+            try:
+                await start(rt)
+            except Exception as error:
+                raised.append(error)
+
+        tg.start_soon(go)
+        with anyio.fail_after(30):
+            while not until():
+                await anyio.sleep(0.01)
+    return raised
+
+
+# -- replay ---------------------------------------------------------------------------------------------------
+prompt = {"first": "question one"}
+
+
+@miniagent(alias="rv_two_questions")
+async def _two_questions(ctx: InteractionContext, base_url: str) -> None:
+    first = await plain_llm.inquire(prompt["first"], base_url=base_url)
+    second = await plain_llm.inquire("question two", base_url=base_url)
+    ctx.reply([first, second])
+
+
+two_questions = durable(_two_questions)
+
+
+def answering(hang_on: str | None) -> Callable[[RecordedRequest], ScriptedResponse]:
+    hung: list[str] = []
+
+    def handler(request: RecordedRequest) -> ScriptedResponse:
+        content = last_content(request)
+        if content == hang_on and not hung:
+            hung.append(content)
+            return openai_stream(["partial ", "answer"], hang_after=1)
+        return openai_stream(["answer to ", content])
+
+    return handler
+
+
+async def test_a_resumed_call_whose_request_differs_raises_replay_mismatch(database: str) -> None:
+    prompt["first"] = "question one"
+    async with FakeLLMServer.serve() as server:
+        server.handler = answering(hang_on="question two")
+        url = server.openai_base_url
+        await interrupted(
+            database,
+            lambda rt: rt.run(two_questions, run_id="mismatch", base_url=url),
+            lambda: len(server.requests) == 2,
+        )
+        prompt["first"] = "another question one"  # the agent is not deterministic: its first request changed
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with pytest.raises(DurableCallError) as raised, anyio.fail_after(30):
+                await rt.run(two_questions, run_id="mismatch", base_url=url)
+        assert raised.value.error_type == "ReplayMismatchError"
+        assert "differs from the recorded one" in str(raised.value)
+        assert len(server.requests) == 2  # the differing request was not sent
+
+
+async def test_a_resumed_call_replays_finished_requests_and_keeps_hash_keys(database: str) -> None:
+    prompt["first"] = "question one"
+    async with FakeLLMServer.serve() as server:
+        server.handler = answering(hang_on=None)
+        url = server.openai_base_url
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            reference = await rt.run(two_questions, run_id="reference", base_url=url)
+        server.handler = answering(hang_on="question two")
+        await interrupted(
+            database,
+            lambda rt: rt.run(two_questions, run_id="resumed", base_url=url),
+            lambda: len(server.requests) == 4,
+        )
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with anyio.fail_after(30):
+                resumed = await rt.run(two_questions, run_id="resumed", base_url=url)
+        contents = [last_content(r) for r in server.requests]
+    assert contents == ["question one", "question two"] * 2 + ["question two"]  # only the in-flight one again
+    assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
