@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import attrs
@@ -30,6 +31,7 @@ from miniagents._context import MiniAgents
 from miniagents._encoding import decode_value
 from miniagents._messages import Message
 from miniagents._scope import current_context
+from miniagents._secrets import redact_text
 from miniagents._sequence import MessageSequencePromise, MessageType
 from miniagents.durable._agent import (
     DurableAgent,
@@ -92,8 +94,9 @@ class DurableRuntime:
     that had not finished.  Leaving shuts DBOS down; calls still running stay PENDING in the database.
 
     Raises:
-        DurableConfigError: no ``MiniAgents`` context is active, another runtime is active in the process, or
-            the installed DBOS is outside the supported range.
+        DurableConfigError: no ``MiniAgents`` context is active, another runtime is active in the process,
+            the installed DBOS is outside the supported range, or DBOS cannot start on *database* (a wrong URL,
+            an unreachable server; the message shows the URL with its password masked, never the password).
 
     """
 
@@ -125,7 +128,7 @@ class DurableRuntime:
         self._run_ids: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<DurableRuntime executor_id={self.executor_id!r} active={self.active}>"
+        return f"<DurableRuntime {masked_url(self.database)} executor_id={self.executor_id!r} active={self.active}>"
 
     @property
     def bridge(self) -> Bridge:
@@ -169,11 +172,20 @@ class DurableRuntime:
                     log_level=self.log_level,
                 )
 
-            await self._bridge.to_dbos(launch)
+            try:
+                await self._bridge.to_dbos(launch)
+            except Exception as error:
+                failure = _launch_error(self.database, error)
+            else:
+                failure = None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
             raise
+        if failure is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+            raise failure  # outside the except block: the driver's error (and its connection) is not kept
         return self
 
     async def __aexit__(
@@ -308,6 +320,35 @@ class DurableRuntime:
             if self._slots.get(workflow_id) is slot:
                 del self._slots[workflow_id]
         return json.dumps({"replies": [m.to_dict() for m in messages]}, ensure_ascii=False)
+
+
+def masked_url(url: str) -> str:
+    """*url* with the password of its user part replaced by ``***`` (for errors and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a database URL that could not be parsed>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _launch_error(database: str, error: Exception) -> DurableConfigError:
+    """The :class:`DurableConfigError` of a failed launch: the URL (masked) and the cause, never the password."""
+    detail = " ".join(f"{type(error).__name__}: {error}".split())
+    try:
+        password = urlsplit(database).password
+    except ValueError:
+        password = None
+    if password:
+        detail = redact_text(detail, [password, quote(password, safe="")])
+    return DurableConfigError(
+        f"DBOS could not start on the database {masked_url(database)} (check the URL: sqlite:///path.db "
+        f"or postgresql://user:password@host:port/database, and that the server runs): {detail[:1000]}"
+    )
 
 
 def _destroy_quietly() -> None:

@@ -18,6 +18,7 @@ from durable_helpers import database_bytes
 from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.durable import (
     DurableCallError,
+    DurableConfigError,
     DurableRuntime,
     durable,
 )
@@ -148,3 +149,38 @@ async def test_a_resumed_call_replays_finished_requests_and_keeps_hash_keys(data
         contents = [last_content(r) for r in server.requests]
     assert contents == ["question one", "question two"] * 2 + ["question two"]  # only the in-flight one again
     assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
+
+
+# -- clear errors ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://someone:hunter2-db-password@127.0.0.1:1/nodb",
+        "nosuchscheme://host/db",
+        "sqlite:////nonexistent-folder/sub/dbos.db",
+    ],
+)
+async def test_a_wrong_database_url_is_a_config_error_without_the_password(url: str) -> None:
+    async with MiniAgents():
+        runtime = DurableRuntime(url)
+        with pytest.raises(DurableConfigError) as raised, anyio.fail_after(60):
+            async with runtime:
+                pass
+        assert not runtime.active
+    text = str(raised.value)
+    assert "hunter2-db-password" not in text
+    assert "hunter2-db-password" not in repr(runtime)
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None  # the driver's error (it may hold the connection) is not kept
+    assert "database" in text
+    # The runtime can be entered again afterwards (the failed launch left nothing behind).
+    async with MiniAgents():
+        with pytest.raises(DurableConfigError):
+            async with DurableRuntime(url):
+                pass
+
+
+def test_the_repr_masks_the_database_password() -> None:
+    runtime = DurableRuntime("postgresql://someone:hunter2-db-password@127.0.0.1:5432/app")
+    assert "hunter2-db-password" not in repr(runtime)
+    assert "postgresql://someone:***@127.0.0.1:5432/app" in repr(runtime)
