@@ -19,6 +19,7 @@ from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.durable import (
     DurableCallError,
     DurableConfigError,
+    DurableKwargsError,
     DurableRuntime,
     durable,
 )
@@ -149,6 +150,22 @@ async def test_a_resumed_call_replays_finished_requests_and_keeps_hash_keys(data
         contents = [last_content(r) for r in server.requests]
     assert contents == ["question one", "question two"] * 2 + ["question two"]  # only the in-flight one again
     assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
+
+
+# -- secrets --------------------------------------------------------------------------------------------------
+llm = durable(openai_agent.fork(alias="rv_llm", model="fake-model", api_key=API_KEY))
+
+
+async def test_a_secret_in_a_url_kwarg_is_refused() -> None:
+    async with MiniAgents():
+        with pytest.raises(DurableKwargsError, match="secret") as raised:
+            llm.inquire("x", base_url=f"http://127.0.0.1:1/v1?api-key={API_KEY}")
+        assert API_KEY not in str(raised.value)
+        assert "'rv_llm'" in str(raised.value)
+        assert "'base_url'" in str(raised.value)
+        with pytest.raises(DurableKwargsError, match="secret") as raised:
+            llm.inquire("x", base_url=f"http://user:{API_KEY}@127.0.0.1:1/v1")
+        assert API_KEY not in str(raised.value)
 
 
 # -- clear errors ---------------------------------------------------------------------------------------------
