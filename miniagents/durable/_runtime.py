@@ -217,6 +217,8 @@ class DurableRuntime:
         a *run_id* that finished, the recorded replies are returned (nothing runs); with one that was
         interrupted, the run resumes: finished calls are not run again, and only the LLM requests that were in
         flight are sent again.  Replies stream live to consumers in this process (``run`` returns them whole).
+        Cancelling the caller ends ``run`` at once; the run itself stays in the runtime (it finishes there, or
+        stays PENDING when the runtime is left first, and resumes when it is started again).
 
         Raises:
             TypeError: *agent* is not a :class:`DurableAgent`.
@@ -233,7 +235,10 @@ class DurableRuntime:
             replies = agent.inquire(messages, **kwargs)
         finally:
             current_scope.reset(token)
-        return await replies
+        # The caller owns the call: cancelled, it stops waiting at once (the workflow keeps running in the
+        # runtime until it finishes or the runtime is left, and a later run() with this run id re-attaches).
+        async with replies:
+            return await replies
 
     async def call(
         self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str

@@ -24,7 +24,7 @@ from miniagents.durable import (
     durable,
 )
 from miniagents.llms import openai_agent
-from miniagents.testing import FakeLLMServer, RecordedRequest, ScriptedResponse, openai_stream
+from miniagents.testing import FakeLLMServer, RecordedRequest, ScriptedResponse, openai_error, openai_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -168,6 +168,21 @@ async def test_a_secret_in_a_url_kwarg_is_refused() -> None:
         assert API_KEY not in str(raised.value)
 
 
+async def test_an_error_echoing_the_key_is_redacted_in_the_error_and_the_database(
+    database: str, tmp_path: Path
+) -> None:
+    async with FakeLLMServer.serve() as server:
+        server.handler = lambda request: openai_error(401, f"Incorrect API key provided: {API_KEY}")
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with pytest.raises(DurableCallError) as raised:
+                await rt.run(llm, "hello", run_id="echo", base_url=server.openai_base_url)
+    assert API_KEY not in str(raised.value)
+    assert raised.value.error_type == "AuthenticationError"
+    data = await anyio.to_thread.run_sync(database_text, database, tmp_path)
+    assert b"Incorrect API key provided" in data
+    assert API_KEY.encode() not in data
+
+
 # -- clear errors ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url",
@@ -201,3 +216,33 @@ def test_the_repr_masks_the_database_password() -> None:
     runtime = DurableRuntime("postgresql://someone:hunter2-db-password@127.0.0.1:5432/app")
     assert "hunter2-db-password" not in repr(runtime)
     assert "postgresql://someone:***@127.0.0.1:5432/app" in repr(runtime)
+
+
+# -- cancellation ---------------------------------------------------------------------------------------------
+async def test_cancelling_the_caller_ends_at_once_and_the_run_resumes_later(database: str) -> None:
+    """The caller's scope is cancelled while an LLM request hangs: ``run()`` ends, leaving the runtime and the
+    ``MiniAgents`` block raises nothing and leaves no thread; the run is PENDING and a new runtime finishes it."""
+    import threading
+
+    prompt["first"] = "question one"
+    async with FakeLLMServer.serve() as server:
+        server.handler = answering(hang_on="question two")
+        url = server.openai_base_url
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_hung() -> None:
+                    while len(server.requests) < 2:
+                        await anyio.sleep(0.01)
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when_hung)
+                    await rt.run(two_questions, run_id="cancelled", base_url=url)
+            assert scope.cancelled_caught
+        assert not any(t.name == "miniagents-durable-dbos" for t in threading.enumerate())
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with anyio.fail_after(30):
+                replies = await rt.run(two_questions, run_id="cancelled", base_url=url)
+        assert [str(m) for m in replies] == ["answer to question one", "answer to question two"]
+        assert [last_content(r) for r in server.requests] == ["question one", "question two", "question two"]
