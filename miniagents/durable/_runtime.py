@@ -172,12 +172,11 @@ class DurableRuntime:
                     log_level=self.log_level,
                 )
 
+            failure: DurableConfigError | None = None
             try:
                 await self._bridge.to_dbos(launch)
             except Exception as error:
                 failure = _launch_error(self.database, error)
-            else:
-                failure = None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
