@@ -245,13 +245,17 @@ class DurableRuntime:
         """Run (or re-attach to) the durable call *workflow_id* and reply its replies in *ctx* (app loop)."""
         slot = self._slots.setdefault(workflow_id, _Slot())
         result: list[str] = []
+        interrupted: list[Exception] = []
         finished = anyio.Event()
 
         async def wait_result() -> None:
             def start() -> Any:
                 return _dbos_api.start_and_wait(workflow_id, queue, spec, self.polling_interval)
 
-            result.append(await self.bridge.to_dbos(start))
+            try:
+                result.append(await self.bridge.to_dbos(start))
+            except Exception as error:  # the runtime was left (or DBOS failed) while the call ran
+                interrupted.append(error)
             finished.set()
 
         try:
@@ -277,6 +281,15 @@ class DurableRuntime:
         finally:
             if self._slots.get(workflow_id) is slot:
                 del self._slots[workflow_id]
+        if interrupted:
+            cause = interrupted[0]
+            raise DurableCallError(
+                f"durable call of {alias!r} was interrupted ({type(cause).__name__}: {cause}); it stays PENDING "
+                f"and resumes when a DurableRuntime starts again on its database [workflow {workflow_id}]",
+                alias=alias,
+                workflow_id=workflow_id,
+                error_type=type(cause).__name__,
+            )
         outcome = json.loads(result[0])
         error = outcome.get("error")
         if error is not None:

@@ -117,11 +117,15 @@ async def test_a_resumed_call_whose_request_differs_raises_replay_mismatch(datab
     async with FakeLLMServer.serve() as server:
         server.handler = answering(hang_on="question two")
         url = server.openai_base_url
-        await interrupted(
+        raised_first = await interrupted(
             database,
             lambda rt: rt.run(two_questions, run_id="mismatch", base_url=url),
             lambda: len(server.requests) == 2,
         )
+        # The caller that waited when the runtime was left gets a clear error, not a bare RuntimeError group.
+        assert len(raised_first) == 1
+        assert isinstance(raised_first[0], DurableCallError), repr(raised_first[0])
+        assert "stays PENDING" in str(raised_first[0])
         prompt["first"] = "another question one"  # the agent is not deterministic: its first request changed
         async with MiniAgents(), DurableRuntime(database) as rt:
             with pytest.raises(DurableCallError) as raised, anyio.fail_after(30):
