@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import pytest
 from durable_helpers import database_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.durable import (
@@ -250,3 +252,41 @@ async def test_cancelling_the_caller_ends_at_once_and_the_run_resumes_later(data
                 replies = await rt.run(two_questions, run_id="cancelled", base_url=url)
         assert [str(m) for m in replies] == ["answer to question one", "answer to question two"]
         assert [last_content(r) for r in server.requests] == ["question one", "question two", "question two"]
+
+
+@miniagent(alias="rv_n_questions")
+async def _n_questions(ctx: InteractionContext, base_url: str, n: int) -> None:
+    ctx.reply([await plain_llm.inquire(f"question {i}", base_url=base_url) for i in range(n)])
+
+
+n_questions = durable(_n_questions)
+_property_runs = iter(range(10**6))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 4), data=st.data())
+async def test_interrupted_at_any_request_only_that_one_is_sent_again(
+    tmp_path: Path, n: int, data: st.DataObject
+) -> None:
+    """Interrupted while any one of *n* sequential requests hangs, the resumed run re-sends only that request
+    and replies what an uninterrupted run replies (hash keys)."""
+    hang = data.draw(st.integers(0, n - 1))
+    database = f"sqlite:///{tmp_path / f'dbos-{next(_property_runs)}.db'}"
+    async with FakeLLMServer.serve() as server:
+        server.handler = answering(hang_on=None)
+        url = server.openai_base_url
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            reference = await rt.run(n_questions, run_id="reference", base_url=url, n=n)
+        server.handler = answering(hang_on=f"question {hang}")
+        await interrupted(
+            database,
+            lambda rt: rt.run(n_questions, run_id="resumed", base_url=url, n=n),
+            lambda: len(server.requests) == n + hang + 1,
+        )
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with anyio.fail_after(30):
+                resumed = await rt.run(n_questions, run_id="resumed", base_url=url, n=n)
+        contents = [last_content(r) for r in server.requests]
+    questions = [f"question {i}" for i in range(n)]
+    assert contents == questions + questions[: hang + 1] + questions[hang:]
+    assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
