@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -21,7 +22,7 @@ from miniagents._agents import MiniAgent
 from miniagents._calls import InteractionContext
 from miniagents._encoding import canonical_json, encode_value
 from miniagents._frozen import FrozenDict, freeze_kwargs
-from miniagents._secrets import is_secret_name
+from miniagents._secrets import is_secret_name, secret_query_values
 from miniagents.durable._exceptions import DurableConfigError, DurableKwargsError
 
 __all__ = [
@@ -91,6 +92,10 @@ def _check_value(alias: str, path: str, value: Any) -> None:
         for n, item in enumerate(value):
             _check_value(alias, f"{path}[{n}]", item)
         return
+    if isinstance(value, str) and "://" in value and _url_holds_secret(value):
+        raise DurableKwargsError(
+            _secret_message(alias, f"{path} (a URL with a password or a secret query parameter)")
+        )
     try:
         encode_value(value)
     except TypeError:
@@ -99,6 +104,16 @@ def _check_value(alias: str, path: str, value: Any) -> None:
             "(a durable call's kwargs cross processes as data: str, numbers, bool, None, bytes, dates, "
             "messages, and lists/dicts of those); give objects as default kwargs of the agent (fork) instead"
         ) from None
+
+
+def _url_holds_secret(text: str) -> bool:
+    """Whether *text* is a URL with a password in its user part or a secret-named query parameter."""
+    try:
+        parts = urlsplit(text.strip())
+        password = parts.password
+    except ValueError:
+        return False
+    return bool(password) or bool(secret_query_values(text))
 
 
 def _secret_message(alias: str, path: str) -> str:

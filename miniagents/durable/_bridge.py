@@ -22,6 +22,9 @@ __all__ = ["Bridge", "DBOSLoop"]
 
 T = TypeVar("T")
 
+#: What :meth:`Bridge.to_dbos` receives for a task the DBOS loop cancelled.
+_CANCELLED = object()
+
 
 class DBOSLoop:
     """An asyncio event loop running in a daemon thread of its own, until :meth:`stop`."""
@@ -87,8 +90,16 @@ class Bridge:
         self.app_soon = app_soon
 
     def dbos_soon(self, fn: Callable[[], object]) -> None:
-        """Run *fn* soon on the DBOS loop, in an empty context (callable from any thread)."""
-        self.dbos_loop.call_soon_threadsafe(fn, context=contextvars.Context())
+        """Run *fn* soon on the DBOS loop, in an empty context (callable from any thread).
+
+        Once the DBOS loop is closed (the runtime was left) *fn* is dropped: nothing waits on that loop any more,
+        and a cancellation or error being handled on the application's side must not turn into another error.
+        """
+        try:
+            self.dbos_loop.call_soon_threadsafe(fn, context=contextvars.Context())
+        except RuntimeError:
+            if not self.dbos_loop.is_closed():
+                raise
 
     def spawn_dbos(
         self, factory: Callable[[], Coroutine[Any, Any, Any]], context: contextvars.Context | None = None
@@ -110,8 +121,9 @@ class Bridge:
         run_in = context if context is not None else contextvars.Context()
 
         def report(task: asyncio.Task[T]) -> None:
+            # A done callback runs outside any task: no anyio call here (it cannot tell the backend).
             if task.cancelled():
-                result: tuple[bool, Any] = (False, anyio.get_cancelled_exc_class())
+                result: tuple[bool, Any] = (False, _CANCELLED)
             elif task.exception() is not None:
                 result = (False, task.exception())
             else:
@@ -138,7 +150,7 @@ class Bridge:
         ok, value = outcome[0]
         if ok:
             return value  # type: ignore[no-any-return]
-        if value is anyio.get_cancelled_exc_class():
+        if value is _CANCELLED:
             raise RuntimeError(
                 "the durable runtime's DBOS loop cancelled the operation (is it shutting down?)"
             )

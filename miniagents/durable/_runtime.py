@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import attrs
@@ -30,6 +31,7 @@ from miniagents._context import MiniAgents
 from miniagents._encoding import decode_value
 from miniagents._messages import Message
 from miniagents._scope import current_context
+from miniagents._secrets import redact_text
 from miniagents._sequence import MessageSequencePromise, MessageType
 from miniagents.durable._agent import (
     DurableAgent,
@@ -92,8 +94,9 @@ class DurableRuntime:
     that had not finished.  Leaving shuts DBOS down; calls still running stay PENDING in the database.
 
     Raises:
-        DurableConfigError: no ``MiniAgents`` context is active, another runtime is active in the process, or
-            the installed DBOS is outside the supported range.
+        DurableConfigError: no ``MiniAgents`` context is active, another runtime is active in the process,
+            the installed DBOS is outside the supported range, or DBOS cannot start on *database* (a wrong URL,
+            an unreachable server; the message shows the URL with its password masked, never the password).
 
     """
 
@@ -125,7 +128,7 @@ class DurableRuntime:
         self._run_ids: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<DurableRuntime executor_id={self.executor_id!r} active={self.active}>"
+        return f"<DurableRuntime {masked_url(self.database)} executor_id={self.executor_id!r} active={self.active}>"
 
     @property
     def bridge(self) -> Bridge:
@@ -169,11 +172,19 @@ class DurableRuntime:
                     log_level=self.log_level,
                 )
 
-            await self._bridge.to_dbos(launch)
+            failure: DurableConfigError | None = None
+            try:
+                await self._bridge.to_dbos(launch)
+            except Exception as error:
+                failure = _launch_error(self.database, error)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
             raise
+        if failure is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+            raise failure  # outside the except block: the driver's error (and its connection) is not kept
         return self
 
     async def __aexit__(
@@ -205,6 +216,8 @@ class DurableRuntime:
         a *run_id* that finished, the recorded replies are returned (nothing runs); with one that was
         interrupted, the run resumes: finished calls are not run again, and only the LLM requests that were in
         flight are sent again.  Replies stream live to consumers in this process (``run`` returns them whole).
+        Cancelling the caller ends ``run`` at once; the run itself stays in the runtime (it finishes there, or
+        stays PENDING when the runtime is left first, and resumes when it is started again).
 
         Raises:
             TypeError: *agent* is not a :class:`DurableAgent`.
@@ -221,7 +234,10 @@ class DurableRuntime:
             replies = agent.inquire(messages, **kwargs)
         finally:
             current_scope.reset(token)
-        return await replies
+        # The caller owns the call: cancelled, it stops waiting at once (the workflow keeps running in the
+        # runtime until it finishes or the runtime is left, and a later run() with this run id re-attaches).
+        async with replies:
+            return await replies
 
     async def call(
         self, ctx: InteractionContext, workflow_id: str, alias: str, queue: str | None, spec: str
@@ -229,13 +245,17 @@ class DurableRuntime:
         """Run (or re-attach to) the durable call *workflow_id* and reply its replies in *ctx* (app loop)."""
         slot = self._slots.setdefault(workflow_id, _Slot())
         result: list[str] = []
+        interrupted: list[Exception] = []
         finished = anyio.Event()
 
         async def wait_result() -> None:
             def start() -> Any:
                 return _dbos_api.start_and_wait(workflow_id, queue, spec, self.polling_interval)
 
-            result.append(await self.bridge.to_dbos(start))
+            try:
+                result.append(await self.bridge.to_dbos(start))
+            except Exception as error:  # the runtime was left (or DBOS failed) while the call ran
+                interrupted.append(error)
             finished.set()
 
         try:
@@ -261,6 +281,15 @@ class DurableRuntime:
         finally:
             if self._slots.get(workflow_id) is slot:
                 del self._slots[workflow_id]
+        if interrupted:
+            cause = interrupted[0]
+            raise DurableCallError(
+                f"durable call of {alias!r} was interrupted ({type(cause).__name__}: {cause}); it stays PENDING "
+                f"and resumes when a DurableRuntime starts again on its database [workflow {workflow_id}]",
+                alias=alias,
+                workflow_id=workflow_id,
+                error_type=type(cause).__name__,
+            )
         outcome = json.loads(result[0])
         error = outcome.get("error")
         if error is not None:
@@ -298,13 +327,45 @@ class DurableRuntime:
         slot.replies = replies
         slot.ready.set()
         try:
-            messages = await replies
+            # Leaving the block cancelled (the runtime is left, the workflow is cancelled) cancels the agent's
+            # call and waits for it: nothing it started (an LLM stream) outlives the workflow.
+            async with replies:
+                messages = await replies
         except Exception as error:
             return json.dumps({"error": {"type": type(error).__name__, "message": str(error)}})
         finally:
             if self._slots.get(workflow_id) is slot:
                 del self._slots[workflow_id]
         return json.dumps({"replies": [m.to_dict() for m in messages]}, ensure_ascii=False)
+
+
+def masked_url(url: str) -> str:
+    """*url* with the password of its user part replaced by ``***`` (for errors and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a database URL that could not be parsed>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _launch_error(database: str, error: Exception) -> DurableConfigError:
+    """The :class:`DurableConfigError` of a failed launch: the URL (masked) and the cause, never the password."""
+    detail = " ".join(f"{type(error).__name__}: {error}".split())
+    try:
+        password = urlsplit(database).password
+    except ValueError:
+        password = None
+    if password:
+        detail = redact_text(detail, [password, quote(password, safe="")])
+    return DurableConfigError(
+        f"DBOS could not start on the database {masked_url(database)} (check the URL: sqlite:///path.db "
+        f"or postgresql://user:password@host:port/database, and that the server runs): {detail[:1000]}"
+    )
 
 
 def _destroy_quietly() -> None:

@@ -82,7 +82,9 @@ def test_dbos_launches_and_records_a_workflow(postgres_url: str) -> None:
     except ImportError:
         unavailable("dbos is not installed (the `durable` extra)")
     DBOS = dbos.DBOS
-    DBOS.destroy(destroy_registry=True)  # a clean registry: workflows are registered when decorated
+    # No destroy_registry=True: that would also unregister miniagents.durable's workflow (registered once, at
+    # import), and every later durable test in this process would hang waiting for a workflow never run.
+    DBOS.destroy()
     calls: list[str] = []
 
     @DBOS.step()
@@ -103,7 +105,7 @@ def test_dbos_launches_and_records_a_workflow(postgres_url: str) -> None:
             assert reply_twice("hi") == ["HI", "HI!"]
         assert calls == ["hi", "hi!"]
     finally:
-        DBOS.destroy(destroy_registry=True)
+        DBOS.destroy()
     psycopg = import_psycopg()
     with psycopg.connect(postgres_url) as conn:
         status = conn.execute("SELECT status FROM dbos.workflow_status WHERE workflow_uuid = 'fixture-wf-1'")
