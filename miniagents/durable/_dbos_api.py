@@ -16,6 +16,7 @@ which fails loudly on a DBOS release that changes it):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -143,8 +144,13 @@ async def start_and_wait(workflow_id: str, queue: str | None, spec: str, polling
     """Start (or re-attach to) the durable call *workflow_id* and return its result.
 
     Must run in a task with no DBOS context (a fresh ``contextvars.Context``): the workflow is then a root
-    workflow addressed by its id alone, outside any parent's step numbering.
+    workflow addressed by its id alone, outside any parent's step numbering.  A root call's id is the run id
+    the user gave, not derived from content: re-attaching to it checks that it is the same call.
     """
+    if (
+        json.loads(spec).get("run_id") == workflow_id
+    ):  # the root (a child's id is "<run id>:<alias>:<digest>")
+        await _check_same_run(workflow_id, spec)
     with SetWorkflowID(workflow_id):
         if queue is None:
             handle = await DBOS.start_workflow_async(_durable_call, spec)
@@ -152,6 +158,33 @@ async def start_and_wait(workflow_id: str, queue: str | None, spec: str, polling
             handle = await DBOS.enqueue_workflow_async(queue, _durable_call, spec)
     result: str = await handle.get_result(polling_interval_sec=polling_interval)
     return result
+
+
+#: What identifies a durable call in its recorded input (the run id is its workflow id, for a root call).
+_SAME_CALL_FIELDS = ("alias", "kwargs", "input")
+
+
+async def _check_same_run(workflow_id: str, spec: str) -> None:
+    """Raise :class:`DurableConfigError` if the run *workflow_id* was recorded for another agent, kwargs or input.
+
+    DBOS re-attaches to a workflow by id whatever its arguments, and every durable call is the same DBOS
+    workflow function: without this, reusing a run id for another graph would return the old run's replies.
+    """
+    found = await DBOS.list_workflows_async(workflow_ids=[workflow_id], load_input=True, load_output=False)
+    if not found:
+        return
+    recorded_input: Any = found[0].input
+    args = recorded_input.get("args") if isinstance(recorded_input, dict) else None
+    if not args or not isinstance(args[0], str):
+        return  # not a call this package recorded: DBOS reports what it finds
+    recorded, given = json.loads(args[0]), json.loads(spec)
+    differing = [field for field in _SAME_CALL_FIELDS if recorded.get(field) != given.get(field)]
+    if differing:
+        raise DurableConfigError(
+            f"run id {workflow_id!r} was recorded for a call of agent {recorded.get('alias')!r} with other "
+            f"{', '.join(differing)}: a run id names one run; resume it with the same agent, kwargs and input,"
+            " or use a new run id"
+        )
 
 
 async def run_step(func: Callable[[], Coroutine[Any, Any, str]]) -> str:

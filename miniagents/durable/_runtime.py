@@ -283,6 +283,8 @@ class DurableRuntime:
                 del self._slots[workflow_id]
         if interrupted:
             cause = interrupted[0]
+            if isinstance(cause, DurableConfigError):  # refused before it started (a run id reused): as it is
+                raise cause
             raise DurableCallError(
                 f"durable call of {alias!r} was interrupted ({type(cause).__name__}: {cause}); it stays PENDING "
                 f"and resumes when a DurableRuntime starts again on its database [workflow {workflow_id}]",

@@ -290,3 +290,31 @@ async def test_interrupted_at_any_request_only_that_one_is_sent_again(
     questions = [f"question {i}" for i in range(n)]
     assert contents == questions + questions[: hang + 1] + questions[hang:]
     assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
+
+
+async def test_a_run_id_reused_for_another_agent_or_input_is_refused(tmp_path: Path) -> None:
+    """A run id names one run: another agent, other kwargs or another input under it is an error, not the old
+    run's replies; the same call under it returns the recorded replies."""
+
+    @miniagent(alias="reuse_a")
+    async def _a(ctx: InteractionContext, tone: str = "plain") -> None:
+        ctx.reply(f"from a ({tone}): {' '.join(str(m) for m in await ctx.messages)}")
+
+    @miniagent(alias="reuse_b")
+    async def _b(ctx: InteractionContext) -> None:
+        ctx.reply("from b")
+
+    a, b = durable(_a), durable(_b)
+    async with MiniAgents(), DurableRuntime(f"sqlite:///{tmp_path / 'reuse.db'}") as runtime:
+        first = await runtime.run(a, "in1", run_id="same")
+        assert [str(m) for m in first] == ["from a (plain): in1"]
+        again = await runtime.run(a, "in1", run_id="same")
+        assert [m.hash_key for m in again] == [m.hash_key for m in first]
+        with pytest.raises(
+            DurableConfigError, match=r"run id 'same' was recorded for a call of agent 'reuse_a'"
+        ):
+            await runtime.run(b, "in1", run_id="same")
+        with pytest.raises(DurableConfigError, match="input"):
+            await runtime.run(a, "other", run_id="same")
+        with pytest.raises(DurableConfigError, match="kwargs"):
+            await runtime.run(a, "in1", run_id="same", tone="warm")
