@@ -2,7 +2,8 @@
 
 Only public DBOS API is used (with DBOS's portable JSON serializer: no pickles in the database): ``DBOS(config=...)``, ``DBOS.launch``/``destroy``, ``DBOS.listen_queues``,
 ``DBOS.register_queue``, ``@DBOS.workflow``, ``SetWorkflowID`` with ``DBOS.start_workflow_async`` /
-``DBOS.enqueue_workflow_async``, ``DBOS.run_step_async``, ``DBOS.workflow_id``, and ``DBOSClient``'s
+``DBOS.enqueue_workflow_async``, ``DBOS.run_step_async``, ``DBOS.workflow_id``, ``DBOS.list_workflows_async``
+(a reused run id's recorded input), and ``DBOSClient``'s
 ``list_workflows`` / ``resume_workflow`` (recovering a dead executor's calls from any process).  The behaviour this package relies on (checked by ``tests/durable/test_dbos_api.py``,
 which fails loudly on a DBOS release that changes it):
 
