@@ -113,13 +113,7 @@ def _replier(spec: list[Item], fail_at_end: bool, externals: list[MessagePromise
             else:
                 promise, writer = MessagePromise.open()
                 ctx.reply(promise)
-                for token in item.tokens:
-                    await _checkpoints(item.checkpoints)
-                    writer.send(token)
-                if item.kind == "fails":
-                    writer.fail(Boom(f"message {index}"))
-                else:
-                    writer.finish()
+                await _stream_item(index, item, writer)
             await _checkpoints(item.checkpoints)
         if fail_at_end:
             raise Boom("the call")
@@ -131,7 +125,7 @@ def _content(index: int, item: Item) -> str:
     return "".join(item.tokens) if item.kind != "resolved" or item.external else f"m{index}"
 
 
-async def _finish_external(index: int, item: Item, writer: MessageWriter) -> None:
+async def _stream_item(index: int, item: Item, writer: MessageWriter) -> None:
     for token in item.tokens:
         await _checkpoints(item.checkpoints)
         writer.send(token)
@@ -184,7 +178,7 @@ async def test_late_consumers_see_what_the_first_consumer_saw(
                 while not replies.done:  # the sequence completes while these may still stream
                     await anyio.lowlevel.checkpoint()
                 for index, item, _, writer in externals:
-                    await _finish_external(index, item, writer)
+                    await _stream_item(index, item, writer)
 
             async def first() -> None:
                 if first_is_late:
