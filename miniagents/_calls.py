@@ -273,9 +273,8 @@ class AgentCall:
         if alias is not None:
             if not self._input.open:
                 return alias  # finished: nothing else can follow the shared sequence
-            self._input_alias = self._input_origin = (
-                None  # still open: later sends must follow it, so copy it
-            )
+            # Still open: later sends must follow it, so copy it.
+            self._input_alias = self._input_origin = None
             self._input.send(alias)
         return self._input_sequence
 

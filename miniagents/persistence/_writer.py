@@ -412,9 +412,8 @@ class Writer:
             mapped: list[tuple[tuple[Message, ...], list[int]]] = []  # this batch's, for _ids_of
             simple = _SIMPLE_CLASS
             prefix_of = key_prefix
-            last_type: type | None = (
-                None  # the rows of the last content-only class seen (batches are uniform)
-            )
+            # The last content-only class seen and its rows: a batch mostly holds one class.
+            last_type: type | None = None
             flat: list[Any] = []
             for item in batch:
                 if isinstance(item, Message):
