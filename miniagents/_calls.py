@@ -604,22 +604,12 @@ def _outcome(failure: BaseException | None, *, cancelled: bool) -> CallOutcome:
 def _recorded_messages(sequence: MessageSequencePromise) -> tuple[Message, ...]:
     """The messages of *sequence* for a call record.
 
-    When it ended cleanly and holds plain messages only, the tuple is also what awaiting it returns, kept on the
-    sequence: a call's replies are often the next call's input, and both records then share one tuple (which
-    the store's writer recognises by identity).  Sequences with message promises are not kept: awaiting them
-    must still mark the errors of ``errors_as_messages`` observed.
+    A sequence that ended cleanly gives the tuple awaiting it returns, kept on it (``_settled``): a call's
+    replies are often the next call's input, and both records then share one tuple, which the store's writer
+    recognises by identity.  Otherwise the messages resolved so far.
     """
-    whole: tuple[Message, ...] | None = sequence._whole
-    if whole is not None:
-        return whole
-    buffer = sequence._buffer
-    items = buffer.pieces
-    if all(map(isinstance, items, itertools.repeat(Message))):  # the common case, at C speed (1M-item calls)
-        messages: tuple[Message, ...] = tuple(items)  # type: ignore[arg-type]
-        if buffer.done and buffer.error is None:
-            sequence._whole = messages
-        return messages
-    return _resolved_messages(items)
+    whole = sequence._settled()
+    return whole if whole is not None else _resolved_messages(sequence._buffer.pieces)
 
 
 def _resolved_messages(items: list[Message | MessagePromise]) -> tuple[Message, ...]:
