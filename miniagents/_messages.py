@@ -21,8 +21,8 @@ import hashlib
 import inspect
 import json
 import keyword
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterator, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
@@ -170,14 +170,7 @@ class Message:
             content = _positional_content(type(self), args, content is not _NO_CONTENT)
         elif content is _NO_CONTENT:
             content = ""
-        if extra:
-            cls = type(self)
-            for name in extra:
-                _check_extra_name(cls, name)
-            frozen = FrozenDict({name: freeze(value, name) for name, value in extra.items()})
-        else:
-            frozen = EMPTY
-        self.__attrs_init__(content=content, extra=frozen)
+        self.__attrs_init__(content=content, extra=_frozen_extras(type(self), extra) if extra else EMPTY)
 
     def __attrs_post_init__(self) -> None:
         if type(self.content) is not str:
@@ -203,10 +196,7 @@ class Message:
                     f"{type(self).__name__}: extra= takes a mapping of field names to values, "
                     f"got {type(extra).__name__}"
                 )
-            extras = FrozenDict({n: freeze(v, n) for n, v in dict(extra).items()}) if extra else EMPTY
-            for name in extras:
-                _check_extra_name(type(self), name)
-            object.__setattr__(self, "_extra", extras)
+            object.__setattr__(self, "_extra", _frozen_extras(type(self), dict(extra)) if extra else EMPTY)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -233,16 +223,11 @@ class Message:
             names = _pickled_fields(cls)
         return (_restore_message, (cls, {name: getattr(self, name) for name in names}))
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: extra fields live in ``_extra``.
-        try:
-            extra = object.__getattribute__(self, "_extra")
-        except AttributeError:
-            raise AttributeError(name) from None
-        try:
-            return extra[name]
-        except KeyError:
-            raise AttributeError(f"{type(self).__name__!r} message has no field {name!r}") from None
+    if TYPE_CHECKING:
+        # For type checkers only: extra fields are attributes of any name (``msg.tags``).  At run time they
+        # are descriptors on the class (see ``_ExtraField``): a ``__getattr__`` would put every attribute read
+        # of every message on CPython's slow attribute hook.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __str__(self) -> str:
         return self.content
@@ -455,8 +440,13 @@ def _restore_message(cls: type[_M], state: dict[str, Any]) -> _M:
     for name in names:
         _set_slot(message, name, state[name])
     extra = state.get("_extra")
-    if extra is not None and not extra:
-        _set_slot(message, "_extra", EMPTY)  # the shared empty one: the fast paths test it by identity
+    if extra is not None:
+        if not extra:
+            _set_slot(message, "_extra", EMPTY)  # the shared empty one: the fast paths test it by identity
+        else:
+            for name in extra:
+                _check_extra_name(cls, name)
+            _expose_extra_fields(extra)
     _set_slot(message, "_hash_key_cache", None)
     _set_slot(message, "_persisted_in", 0)
     return message
@@ -486,11 +476,85 @@ def _declared_fields(cls: type[Message]) -> tuple[str, ...]:
     return names
 
 
+def _frozen_extras(cls: type[Message], values: Mapping[str, Any]) -> FrozenDict[str, Any]:
+    """Check the names of the extra fields *values* for *cls*, freeze the values and expose the names."""
+    for name in values:
+        _check_extra_name(cls, name)
+    frozen = FrozenDict({name: freeze(value, name) for name, value in values.items()})
+    _expose_extra_fields(frozen)
+    return frozen
+
+
 def _check_extra_name(cls: type[Message], name: str) -> None:
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
         raise TypeError(f"{cls.__name__}: {name!r} is not a valid field name")
     if hasattr(cls, name):
         raise TypeError(f"{cls.__name__}: field {name!r} would shadow {cls.__name__}.{name}")
+
+
+class _ExtraField:
+    """The attribute ``Message.<name>`` for an extra field *name*: reads ``message.extra_fields[name]``.
+
+    Extra fields are per message, but an attribute lookup that fails into ``__getattr__`` would cost every
+    attribute read of every message (CPython then skips its specialised slot reads).  So the first message with
+    an extra field *name* puts one of these on :class:`Message`, and every later message reads it like any
+    other class attribute.  A message without that field raises ``AttributeError`` naming it, and so does the
+    class itself (``hasattr(Message, name)`` is false).  Past
+    ``_MAX_EXTRA_FIELD_NAMES`` distinct names (extras named by data, say) new names go through a
+    ``__getattr__`` instead, so the class does not grow without bound.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, message: Message | None, owner: type | None = None) -> Any:
+        if message is None:
+            # On the class it is not there: ``hasattr(Message, name)`` stays what it was before any message used
+            # the name (and a subclass that declares the name as a field or method is not taken to shadow it).
+            owner_name = getattr(owner, "__name__", "Message")
+            raise AttributeError(
+                f"type object {owner_name!r} has no attribute {self.name!r}", name=self.name, obj=owner
+            )
+        try:
+            return message._extra[self.name]
+        except KeyError:
+            raise AttributeError(
+                f"{type(message).__name__!r} message has no field {self.name!r}", name=self.name, obj=message
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"<extra field {self.name!r} of messages>"
+
+
+_MAX_EXTRA_FIELD_NAMES = 4096
+_exposed_extra_fields: set[str] = set()
+
+
+def _expose_extra_fields(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in _exposed_extra_fields:
+            if len(_exposed_extra_fields) >= _MAX_EXTRA_FIELD_NAMES:
+                if "__getattr__" not in Message.__dict__:
+                    Message.__getattr__ = _extra_field_fallback  # type: ignore[method-assign]
+                return
+            _exposed_extra_fields.add(name)
+            setattr(Message, name, _ExtraField(name))
+
+
+def _extra_field_fallback(message: Message, name: str) -> Any:
+    """``Message.__getattr__`` once there are too many extra field names to give each its own attribute."""
+    try:
+        extra = object.__getattribute__(message, "_extra")
+    except AttributeError:
+        raise AttributeError(name) from None
+    try:
+        return extra[name]
+    except KeyError:
+        raise AttributeError(
+            f"{type(message).__name__!r} message has no field {name!r}", name=name, obj=message
+        ) from None
 
 
 def _iter_messages(value: Any) -> Iterator[Message]:
