@@ -41,7 +41,7 @@ from miniagents._frozen import EMPTY
 from miniagents._ledger import ErrorLedger
 from miniagents._ledger import add_note as _add_note
 from miniagents._limits import RateLimiter
-from miniagents._messages import _CONTENT_ONLY_PREFIX, Message
+from miniagents._messages import _CONTENT_ONLY_PREFIX, Message, set_persisted_in
 from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
 from miniagents._scope import (
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from miniagents._scope import CallLike, ContextLike, WriterLike
 
 T = TypeVar("T")
-_set_slot = object.__setattr__
 PersistHandler = Callable[[Message], "Awaitable[None] | None"]
 BatchPersistHandler = Callable[[list[Message]], "Awaitable[None] | None"]
 CallHandler = Callable[[CallRecord], "Awaitable[None] | None"]
@@ -464,7 +463,7 @@ class MiniAgents:
         activation = self._activation
         if message._persisted_in == activation or not (self._handlers or self._batch_handlers):
             return
-        _set_slot(message, "_persisted_in", activation)
+        set_persisted_in(message, activation)
         key = message.hash_key
         seen = self._seen
         if key in seen:
@@ -497,7 +496,7 @@ class MiniAgents:
         activation = self._activation
         if message._persisted_in == activation:
             return
-        _set_slot(message, "_persisted_in", activation)
+        set_persisted_in(message, activation)
         key = message.hash_key
         seen = self._seen
         if key in seen:

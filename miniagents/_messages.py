@@ -288,7 +288,7 @@ class Message:
             else:
                 canonical = canonical_json(self._encode_fields(canonical=True))
             key = _sha256(canonical.encode("ascii")).hexdigest()
-            _set_slot(self, "_hash_key_cache", key)
+            _set_hash_key_cache(self, key)
         return key
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,14 +393,20 @@ def text_message(content: str) -> TextMessage:
     ``str`` (not a subclass: the constructor converts those).
     """
     message = _new_object(TextMessage)
-    _set_slot(message, "content", content)
-    _set_slot(message, "_extra", EMPTY)
-    _set_slot(message, "_hash_key_cache", None)
-    _set_slot(message, "_persisted_in", 0)
+    _set_content(message, content)
+    _set_extra(message, EMPTY)
+    _set_hash_key_cache(message, None)
+    set_persisted_in(message, 0)
     return message
 
 
 _new_object = object.__new__
+# The slots' own setters: half the cost of ``object.__setattr__`` on a class that overrides ``__setattr__`` (attrs'
+# frozen one), which looks the name up on the type first.  For the hot paths only.
+_set_content = Message.__dict__["content"].__set__
+_set_extra = Message.__dict__["_extra"].__set__
+_set_hash_key_cache = Message.__dict__["_hash_key_cache"].__set__
+set_persisted_in: Callable[[Message, int], None] = Message.__dict__["_persisted_in"].__set__
 
 
 _RUNTIME_SLOTS = frozenset({"_hash_key_cache", "_persisted_in"})
@@ -447,8 +453,8 @@ def _restore_message(cls: type[_M], state: dict[str, Any]) -> _M:
             for name in extra:
                 _check_extra_name(cls, name)
             _expose_extra_fields(extra)
-    _set_slot(message, "_hash_key_cache", None)
-    _set_slot(message, "_persisted_in", 0)
+    _set_hash_key_cache(message, None)
+    set_persisted_in(message, 0)
     return message
 
 
