@@ -8,6 +8,7 @@ Each test runs on SQLite and on PostgreSQL (the latter is skipped without ``MINI
 from __future__ import annotations
 
 import collections
+import itertools
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import anyio
 import pytest
 from durable_helpers import database_text, interrupted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.durable import DurableRuntime, durable
@@ -69,12 +72,21 @@ def last_content(request: RecordedRequest) -> str:
 Outcome = str
 
 
-def scripted(plan: dict[str, Sequence[Outcome]]) -> Callable[[RecordedRequest], ScriptedResponse]:
-    """A handler answering the k-th request of each question as ``plan[question][k]`` ("ok" past the end)."""
+def scripted(
+    plan: dict[str, Sequence[Outcome]], hang_at: int | None = None
+) -> Callable[[RecordedRequest], ScriptedResponse]:
+    """A handler answering the k-th request of each question as ``plan[question][k]`` ("ok" past the end).
+
+    With *hang_at*, the request of that index (0-based, over all requests) hangs instead, once, and is not
+    counted: the same request sent again is answered as planned.
+    """
     seen: collections.Counter[str] = collections.Counter()
+    received = itertools.count()
 
     def handler(request: RecordedRequest) -> ScriptedResponse:
         content = last_content(request)
+        if next(received) == hang_at:
+            return openai_stream(["partial ", "answer"], hang_after=1)
         k = seen[content]
         seen[content] += 1
         outcomes = plan.get(content, ())
@@ -207,3 +219,45 @@ async def test_replayed_failures_equal_the_live_ones_and_send_nothing(database: 
     data = await anyio.to_thread.run_sync(database_text, database, tmp_path)
     assert b"Incorrect API key provided" in data
     assert API_KEY.encode() not in data
+
+
+# -- a property: any failures, resumed at any request ----------------------------------------------------------
+FAILURES = st.lists(st.sampled_from(["500", "429", "echo", "abort"]), max_size=2)
+_property_runs = itertools.count()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plans=st.lists(FAILURES, min_size=1, max_size=3), data=st.data())
+async def test_any_failures_resumed_at_any_request_give_the_uninterrupted_replies(
+    tmp_path: Path, plans: list[list[Outcome]], data: st.DataObject
+) -> None:
+    """Questions whose requests fail (any mix of 500, 429, a 401 echoing the key, a cut stream) before one
+    succeeds, the agent retrying through them; interrupted while any one request hangs, the resumed call
+    replies what an uninterrupted run replies (texts and hash keys), sends only the hung request again, and
+    the key is nowhere in the database."""
+    plan = {f"question {i}": outcomes for i, outcomes in enumerate(plans)}
+    total = sum(len(outcomes) + 1 for outcomes in plans)  # the requests of an uninterrupted run
+    hang_at = data.draw(st.integers(0, total - 1), label="hang_at")
+    database = f"sqlite:///{tmp_path / f'dbos-{next(_property_runs)}.db'}"
+    async with FakeLLMServer.serve() as server:
+        url = server.openai_base_url
+        server.handler = scripted(plan)
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            reference = await rt.run(retrying, run_id="reference", base_url=url, n=len(plans))
+        assert len(server.requests) == total
+        server.handler = scripted(plan, hang_at=hang_at)
+        await interrupted(
+            database,
+            lambda rt: rt.run(retrying, run_id="resumed", base_url=url, n=len(plans)),
+            lambda: len(server.requests) == total + hang_at + 1,
+        )
+        async with MiniAgents(), DurableRuntime(database) as rt:
+            with anyio.fail_after(30):
+                resumed = await rt.run(retrying, run_id="resumed", base_url=url, n=len(plans))
+        sent = [last_content(r) for r in server.requests[total:]]
+    reference_order = [last_content(r) for r in server.requests[:total]]
+    assert sent == reference_order[: hang_at + 1] + reference_order[hang_at:]
+    assert texts(resumed) == texts(reference)
+    assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
+    data_bytes = await anyio.to_thread.run_sync(database_text, database, tmp_path)
+    assert API_KEY.encode() not in data_bytes
