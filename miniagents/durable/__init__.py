@@ -5,8 +5,10 @@
   re-attaches to the children that finished; outside a durable run it is the agent it wraps.
 * :class:`DurableRuntime` — DBOS (SQLite for one process, PostgreSQL for many) for an ``async with`` block in a
   ``MiniAgents`` context; :func:`run` runs a graph as the run ``run_id``; the same ``run_id`` after a crash
-  resumes it: each LLM exchange is a DBOS step recorded as the raw response and replayed from it, so only the
-  requests that were in flight are sent again and the messages keep their hash keys.
+  resumes it: each LLM exchange is a DBOS step recorded as the raw response (or, when it failed, as the
+  ``LLMError`` it raised: class, status, request id, message) and replayed from it, so only the requests that
+  were in flight are sent again, the messages keep their hash keys, and an agent that caught an LLM error
+  and retried takes the same path again.
 * ``python -m miniagents.durable worker --db URL --queue NAME --import myapp`` — a worker process serving a
   queue (``durable(agent, queue=NAME)``), with an executor id of its own; :func:`recover_executor` (``python -m
   miniagents.durable recover``) hands a dead worker's pending calls to the live ones.

@@ -42,9 +42,12 @@ from miniagents.durable._agent import (
 )
 from miniagents.durable._bridge import Bridge, DBOSLoop
 from miniagents.durable._exceptions import DurableCallError, DurableConfigError, ReplayMismatchError
+from miniagents.durable._failures import decode_failure, encode_failure, recordable_class
+from miniagents.llms._exceptions import LLMError
 from miniagents.llms._exchange import (
     ExchangeRequest,
     RecordedResponse,
+    Tee,
     active_exchange,
     replayed_response,
     tee_response,
@@ -332,7 +335,11 @@ class DurableRuntime:
             # Leaving the block cancelled (the runtime is left, the workflow is cancelled) cancels the agent's
             # call and waits for it: nothing it started (an LLM stream) outlives the workflow.
             async with replies:
-                messages = await replies
+                try:
+                    messages = await replies
+                finally:
+                    # The failure markers of exchanges that failed last are written before the outcome is.
+                    await recorder.settle()
         except Exception as error:
             return json.dumps({"error": {"type": type(error).__name__, "message": str(error)}})
         finally:
@@ -374,15 +381,16 @@ def _destroy_quietly() -> None:
     _dbos_api.destroy()
 
 
-def _encode_record(recorded: RecordedResponse, digest: str) -> str:
-    return json.dumps(
-        {
-            "digest": digest,
-            "status": recorded.status,
-            "headers": [list(pair) for pair in recorded.headers],
-            **_encode_body(recorded.body),
-        }
-    )
+def _encode_record(recorded: RecordedResponse, digest: str, failure: dict[str, Any] | None = None) -> str:
+    data: dict[str, Any] = {
+        "digest": digest,
+        "status": recorded.status,
+        "headers": [list(pair) for pair in recorded.headers],
+        **_encode_body(recorded.body),
+    }
+    if failure is not None:
+        data["failure"] = failure
+    return json.dumps(data)
 
 
 def _encode_body(body: bytes) -> dict[str, str]:
@@ -392,11 +400,58 @@ def _encode_body(body: bytes) -> dict[str, str]:
         return {"base64": base64.b64encode(body).decode("ascii")}
 
 
-def _decode_record(text: str) -> tuple[RecordedResponse, str]:
+@attrs.frozen
+class _Record:
+    """A step's record: the response (as far as it was read), the request's digest, and a failure marker."""
+
+    response: RecordedResponse
+    digest: str
+    #: The failure marker (see ``_failures.py``) of a failed exchange, else ``None``.
+    failure: dict[str, Any] | None = None
+
+
+def _decode_record(text: str) -> _Record:
     data = json.loads(text)
     headers = tuple((str(name), str(value)) for name, value in data["headers"])
     body = data["text"].encode("utf-8") if "text" in data else base64.b64decode(data["base64"])
-    return RecordedResponse(int(data["status"]), headers, body), str(data["digest"])
+    failure = data.get("failure")
+    return _Record(RecordedResponse(int(data["status"]), headers, body), str(data["digest"]), failure)
+
+
+class _WatchedStream(httpx.AsyncByteStream):
+    """A live response's byte stream that notes whether reading it failed (a broken connection, a timeout)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+        self.failed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except Exception:
+            self.failed = True
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _FailingStream(httpx.AsyncByteStream):
+    """A replayed body that ends as the live one did: its bytes, then the recorded error (when reading failed)."""
+
+    def __init__(self, body: bytes, error: LLMError | None) -> None:
+        self._body = body
+        self._error = error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+        if self._error is not None:
+            raise self._error
+
+    async def aclose(self) -> None:
+        pass
 
 
 class _StepRecorder:
@@ -404,14 +459,49 @@ class _StepRecorder:
 
     The step's recorded result is the raw response (status, the kept headers, the body bytes) and the digest of
     the request.  Live, the response streams to the adapter as it arrives and is recorded when it was read to
-    its end; replayed, the adapter parses the recorded bytes (no request is sent).  A failed or cancelled live
-    exchange records nothing, so the request is sent again when the call resumes.
+    its end; replayed, the adapter parses the recorded bytes (no request is sent).
+
+    Outcomes of a live exchange, and what its step records:
+
+    * **Success**: the response, as above.
+    * **A failure of the LLM layer's exception tree** (:class:`~miniagents.llms.LLMError`: the provider's error
+      status after the layer's own retries, a connection error or timeout it raised, a stream cut off or an
+      error event in it, a malformed response): a failure marker (``_failures.py``: the error's class, message,
+      status, type, code, request id, provider; never its body, a request header or a key) with the part of the
+      body the adapter had read.  Replayed, the step raises an equal error (same class, status, request id,
+      message) without sending anything, after the recorded part of the body when the failure came while it
+      was read (so tokens the consumers saw stream again, and the adapter fails the same way).  An agent that
+      catches the error and retries or falls back therefore takes the same path when it resumes, and its later
+      steps line up with their records.  The marker is encoded on the application's loop at its next
+      scheduling point, after the error crossed the LLM layer's redaction (which mutates it before any
+      checkpoint), so a key a server echoed in its error message is not recorded; the next exchange of the
+      call, and the end of the call, wait until the marker is written, so the records stay in call order.
+    * **A cancellation** (the call cancelled, the runtime left, a timeout scope around the request): nothing
+      is recorded.  DBOS has drawn the step's id all the same (ids are drawn in call order when a step starts),
+      so the id stays empty: when the call resumes, the exchange that reaches that id (the cancelled one, when
+      the whole call was cancelled) runs live again and is recorded there.  A cancellation the agent catches
+      and goes on from (its own ``move_on_after``, or the LLM ``timeout=`` option, which the LLM layer turns
+      into ``LLMTimeoutError`` after cancelling the exchange) is not an outcome a replay can reproduce: the
+      resumed call sends that request again, and if it then takes another path, the first differing request
+      raises :class:`ReplayMismatchError` instead of being answered from another request's record.
+    * **Any other exception** (a bug in an adapter or in the code reading the stream): nothing is recorded,
+      like a cancellation.  It is not the provider's answer: recorded, it would be raised again on every resume
+      after the bug was fixed, and its attributes are arbitrary objects that may hold request data.
     """
 
     def __init__(self, bridge: Bridge, context: contextvars.Context, workflow_id: str) -> None:
         self._bridge = bridge
         self._context = context
         self._workflow_id = workflow_id
+        self._unwritten: list[
+            anyio.Event
+        ] = []  # the steps of failed exchanges whose marker is not written yet
+
+    async def settle(self) -> None:
+        """Wait until the failure markers of this call's failed exchanges are written (app loop)."""
+        while self._unwritten:
+            await self._unwritten[0].wait()
+            self._unwritten = [event for event in self._unwritten if not event.is_set()]
 
     def exchange(
         self,
@@ -426,6 +516,7 @@ class _StepRecorder:
         request: ExchangeRequest,
         live: Callable[[], AbstractAsyncContextManager[httpx.Response]],
     ) -> AsyncIterator[httpx.Response]:
+        await self.settle()
         bridge = self._bridge
         decided = anyio.Event()
         committed = anyio.Event()
@@ -480,35 +571,92 @@ class _StepRecorder:
             bridge.app_soon(lambda: decide("recorded", recorded))
             bridge.app_soon(committed.set)
 
+        def abandon() -> None:
+            bridge.dbos_soon(lambda: deliver(asyncio.CancelledError()))
+
         bridge.spawn_dbos(run_step, self._context.copy())
         try:
             await decided.wait()
         except BaseException:
-            bridge.dbos_soon(lambda: deliver(asyncio.CancelledError()))
+            abandon()
             raise
         kind, value = decision[0]
         if kind == "error":
             raise value
         if kind == "recorded":
-            recorded, digest = _decode_record(value)
-            if digest != request.digest:
+            record = _decode_record(value)
+            if record.digest != request.digest:
                 raise ReplayMismatchError(
                     f"workflow {self._workflow_id}: the LLM request at this point of the resumed call differs "
                     "from the recorded one (a durable call must make its LLM requests in a deterministic order; "
                     "make concurrent LLM sub-agents durable themselves)"
                 )
-            yield replayed_response(recorded, request)
-            return
+            if record.failure is None:
+                yield replayed_response(record.response, request)
+                return
+            error = decode_failure(record.failure)
+            if not record.failure.get("started"):
+                raise error  # it failed before a response started: nothing is yielded, as live
+            response = replayed_response(record.response, request)
+            response.stream = _FailingStream(
+                record.response.body, error if record.failure.get("stream_failed") else None
+            )
+            yield response
+            # The adapter read the recorded bytes without failing on them: the exchange fails as it did live.
+            raise decode_failure(record.failure)
+        tee: Tee | None = None
+        watched: _WatchedStream | None = None
         try:
             async with live() as response:
                 tee = tee_response(response)
+                assert isinstance(response.stream, httpx.AsyncByteStream)
+                watched = _WatchedStream(response.stream)
+                response.stream = watched
                 yield response
-        except BaseException:
-            bridge.dbos_soon(lambda: deliver(asyncio.CancelledError()))
+        except LLMError as error:
+            if recordable_class(error) is None:
+                abandon()
+                raise
+            self._write_failure(error, request, tee, watched, deliver, abandon, committed)
             raise
-        record = _encode_record(tee.recorded(), request.digest)
-        bridge.dbos_soon(lambda: deliver(record))
+        except BaseException:
+            abandon()
+            raise
+        assert tee is not None
+        record_text = _encode_record(tee.recorded(), request.digest)
+        bridge.dbos_soon(lambda: deliver(record_text))
         await committed.wait()
+
+    def _write_failure(
+        self,
+        error: LLMError,
+        request: ExchangeRequest,
+        tee: Tee | None,
+        watched: _WatchedStream | None,
+        deliver: Callable[[str | BaseException], None],
+        abandon: Callable[[], None],
+        committed: anyio.Event,
+    ) -> None:
+        """Record *error*'s marker in the exchange's step once the LLM layer has redacted it (see the class)."""
+        self._unwritten.append(committed)
+
+        def write() -> None:
+            # Runs at the application loop's next scheduling point: the error has crossed the LLM layer's
+            # redaction by then (the task raising it does not yield before).
+            try:
+                failure = {
+                    **encode_failure(error),
+                    "started": tee is not None,
+                    "stream_failed": watched is not None and watched.failed,
+                }
+                recorded = tee.recorded() if tee is not None else RecordedResponse(0, (), b"")
+                text = _encode_record(recorded, request.digest, failure)
+            except Exception:  # pragma: no cover - a marker that cannot be encoded: record nothing
+                abandon()
+                return
+            self._bridge.dbos_soon(lambda: deliver(text))
+
+        self._bridge.app_soon(write)
 
 
 async def run(

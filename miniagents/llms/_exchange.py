@@ -70,7 +70,9 @@ class ExchangeHook(Protocol):
     ) -> AbstractAsyncContextManager[httpx.Response]:
         """Yield the response to *request*: the live one of ``live()``, or a replayed one.
 
-        Leaving the block with an exception (a failed stream, a cancellation) records nothing.
+        The hook sees how the block is left: normally, with an :class:`~miniagents.llms.LLMError` of the
+        exchange (``miniagents.durable`` records it, and a replay raises an equal one), or with a cancellation
+        or another exception (recorded nothing: the exchange is run live again).
         """
 
 

@@ -9,11 +9,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
+
+from miniagents import MiniAgents
+from miniagents.durable import DurableRuntime
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -145,3 +149,43 @@ def workflow_statuses(directory: Path) -> dict[str, str]:
 def database_bytes(directory: Path, name: str = "dbos.db") -> bytes:
     """The bytes of a SQLite database and of its WAL and shared-memory files."""
     return b"".join(p.read_bytes() for p in sorted(directory.glob(name + "*")))
+
+
+def database_text(database: str, tmp_path: Path) -> bytes:
+    """Everything the DBOS database holds, as bytes (the SQLite files, or every PostgreSQL row as text)."""
+    if database.startswith("sqlite"):
+        return database_bytes(tmp_path)
+    import psycopg
+
+    chunks: list[bytes] = []
+    with psycopg.connect(database) as db:
+        tables = db.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = 'dbos'"
+        ).fetchall()
+        for schema, table in tables:
+            for row in db.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall():
+                chunks.append(repr(row).encode())
+    return b"\n".join(chunks)
+
+
+async def interrupted(
+    database: str, start: Callable[[DurableRuntime], Any], until: Callable[[], bool]
+) -> list[BaseException]:
+    """Run ``start(runtime)`` until ``until()`` holds, then leave the runtime (its calls stay PENDING).
+
+    Returns what the interrupted run raised.
+    """
+    raised: list[BaseException] = []
+    async with MiniAgents(), anyio.create_task_group() as tg, DurableRuntime(database) as rt:
+
+        async def go() -> None:
+            try:
+                await start(rt)
+            except Exception as error:
+                raised.append(error)
+
+        tg.start_soon(go)
+        with anyio.fail_after(30):
+            while not until():
+                await anyio.sleep(0.01)
+    return raised

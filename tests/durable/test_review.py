@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from durable_helpers import database_bytes
+from durable_helpers import database_text, interrupted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,48 +42,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("postgres_url")
 
 
-def database_text(database: str, tmp_path: Path) -> bytes:
-    """Everything the DBOS database holds, as bytes (the SQLite files, or every PostgreSQL row as text)."""
-    if database.startswith("sqlite"):
-        return database_bytes(tmp_path)
-    import psycopg
-
-    chunks: list[bytes] = []
-    with psycopg.connect(database) as db:
-        tables = db.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = 'dbos'"
-        ).fetchall()
-        for schema, table in tables:
-            for row in db.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall():
-                chunks.append(repr(row).encode())
-    return b"\n".join(chunks)
-
-
 def last_content(request: RecordedRequest) -> str:
     return str(request.json["messages"][-1]["content"])
-
-
-async def interrupted(
-    database: str, start: Callable[[DurableRuntime], Any], until: Callable[[], bool]
-) -> list[BaseException]:
-    """Run ``start(runtime)`` until ``until()`` holds, then leave the runtime (its calls stay PENDING).
-
-    Returns what the interrupted run raised.
-    """
-    raised: list[BaseException] = []
-    async with MiniAgents(), anyio.create_task_group() as tg, DurableRuntime(database) as rt:
-
-        async def go() -> None:
-            try:
-                await start(rt)
-            except Exception as error:
-                raised.append(error)
-
-        tg.start_soon(go)
-        with anyio.fail_after(30):
-            while not until():
-                await anyio.sleep(0.01)
-    return raised
 
 
 # -- replay ---------------------------------------------------------------------------------------------------
