@@ -5,15 +5,18 @@ the error's class, named by its place in the LLM layer's exception tree, and its
 ``error_type``, ``code``, ``request_id`` and ``provider`` (plus ``retry_after`` and ``rate_limit_headers`` for
 an :class:`~miniagents.llms.APIStatusError`).  Never its ``body`` (the provider's parsed error body: the
 message is taken from it, and a server may echo request data in the rest), never a request header, never a
-pickle.  The LLM layer redacts the request's secrets from an error before it is raised to the agent
-(``LLMError.redact``), and the marker is encoded after that point (see ``_StepRecorder``).
+pickle.  Every string of the marker has the request's secrets (``ExchangeRequest.secrets``: its API key, the
+values of its secret-named headers and query parameters) replaced, as ``LLMError.redact`` does to the error
+the agent sees: a server that echoes the key in its error message does not get it into the database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import miniagents.llms._exceptions as _llm_exceptions
+from miniagents._secrets import redact_text
 from miniagents.llms._exceptions import (
     APIStatusError,
     LLMError,
@@ -46,17 +49,26 @@ def recordable_class(error: BaseException) -> type[LLMError] | None:
     return None
 
 
-def encode_failure(error: LLMError) -> dict[str, Any]:
-    """The marker of *error* (see the module docstring); *error* must have a :func:`recordable_class`."""
+def encode_failure(error: LLMError, secrets: Sequence[str] = ()) -> dict[str, Any]:
+    """The marker of *error* with *secrets* redacted (see the module docstring).
+
+    *error* must have a :func:`recordable_class`; it is not changed.
+    """
     cls = recordable_class(error)
     if cls is None:
         raise TypeError(f"{type(error).__name__} is not an LLM exchange error")
-    marker: dict[str, Any] = {"class": cls.__name__, "message": str(error.message)}
+
+    def clean(value: Any) -> Any:
+        return redact_text(value, secrets) if isinstance(value, str) and secrets else value
+
+    marker: dict[str, Any] = {"class": cls.__name__, "message": clean(str(error.message))}
     for name in _FIELDS:
-        marker[name] = getattr(error, name)
+        marker[name] = clean(getattr(error, name))
     if issubclass(cls, APIStatusError) and isinstance(error, APIStatusError):
         marker["retry_after"] = error.retry_after
-        marker["rate_limit_headers"] = dict(error.rate_limit_headers)
+        marker["rate_limit_headers"] = {
+            clean(name): clean(value) for name, value in error.rate_limit_headers.items()
+        }
     return marker
 
 

@@ -472,10 +472,10 @@ class _StepRecorder:
       message) without sending anything, after the recorded part of the body when the failure came while it
       was read (so tokens the consumers saw stream again, and the adapter fails the same way).  An agent that
       catches the error and retries or falls back therefore takes the same path when it resumes, and its later
-      steps line up with their records.  The marker is encoded on the application's loop at its next
-      scheduling point, after the error crossed the LLM layer's redaction (which mutates it before any
-      checkpoint), so a key a server echoed in its error message is not recorded; the next exchange of the
-      call, and the end of the call, wait until the marker is written, so the records stay in call order.
+      steps line up with their records.  The request's secrets (``ExchangeRequest.secrets``) are redacted
+      from every string of the marker, so a key a server echoed in its error message is not recorded; the
+      next exchange of the call, and the end of the call, wait until the marker is written, so the records
+      stay in call order.
     * **A cancellation** (the call cancelled, the runtime left, a timeout scope around the request): nothing
       is recorded.  DBOS has drawn the step's id all the same (ids are drawn in call order when a step starts),
       so the id stays empty: when the call resumes, the exchange that reaches that id (the cancelled one, when
@@ -637,26 +637,20 @@ class _StepRecorder:
         abandon: Callable[[], None],
         committed: anyio.Event,
     ) -> None:
-        """Record *error*'s marker in the exchange's step once the LLM layer has redacted it (see the class)."""
+        """Record *error*'s marker, with the request's secrets redacted, in the exchange's step (see the class)."""
         self._unwritten.append(committed)
-
-        def write() -> None:
-            # Runs at the application loop's next scheduling point: the error has crossed the LLM layer's
-            # redaction by then (the task raising it does not yield before).
-            try:
-                failure = {
-                    **encode_failure(error),
-                    "started": tee is not None,
-                    "stream_failed": watched is not None and watched.failed,
-                }
-                recorded = tee.recorded() if tee is not None else RecordedResponse(0, (), b"")
-                text = _encode_record(recorded, request.digest, failure)
-            except Exception:  # pragma: no cover - a marker that cannot be encoded: record nothing
-                abandon()
-                return
-            self._bridge.dbos_soon(lambda: deliver(text))
-
-        self._bridge.app_soon(write)
+        try:
+            failure = {
+                **encode_failure(error, request.secrets),
+                "started": tee is not None,
+                "stream_failed": watched is not None and watched.failed,
+            }
+            recorded = tee.recorded() if tee is not None else RecordedResponse(0, (), b"")
+            text = _encode_record(recorded, request.digest, failure)
+        except Exception:  # pragma: no cover - a marker that cannot be encoded: record nothing
+            abandon()
+            return
+        self._bridge.dbos_soon(lambda: deliver(text))
 
 
 async def run(

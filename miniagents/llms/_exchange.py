@@ -36,11 +36,17 @@ KEPT_HEADERS = ("content-type", "content-encoding", "x-request-id", "request-id"
 
 @attrs.frozen
 class ExchangeRequest:
-    """What identifies one exchange: provider, URL and the JSON body bytes (never the headers: they hold keys)."""
+    """What identifies one exchange: provider, URL and the JSON body bytes (never the headers: they hold keys).
+
+    ``secrets`` are the request's secrets (its API key, the values of its secret-named headers and query
+    parameters), for a hook to redact from whatever it records of a failure; they are not part of the digest,
+    the ``repr`` or equality, and a hook must never record them.
+    """
 
     provider: str
     url: str
     content: bytes
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False, eq=False)
 
     @property
     def digest(self) -> str:

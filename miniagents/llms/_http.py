@@ -318,7 +318,7 @@ async def open_stream(
         def live() -> AbstractAsyncContextManager[httpx.Response]:
             return _open_live(client, url, content, headers, timeout, retry, provider, secrets, limits)
 
-        async with hook.exchange(ExchangeRequest(provider, url, content), live) as response:
+        async with hook.exchange(ExchangeRequest(provider, url, content, tuple(secrets)), live) as response:
             yield response
         return
     async with _open_live(

@@ -261,3 +261,34 @@ async def test_any_failures_resumed_at_any_request_give_the_uninterrupted_replie
     assert [m.hash_key for m in resumed] == [m.hash_key for m in reference]
     data_bytes = await anyio.to_thread.run_sync(database_text, database, tmp_path)
     assert API_KEY.encode() not in data_bytes
+
+
+def test_a_failure_marker_has_the_request_secrets_redacted_whenever_it_is_encoded() -> None:
+    # The marker is encoded as soon as the exchange fails, before the LLM layer redacts the error the agent sees:
+    # it redacts the request's secrets itself, and leaves the error as it was.
+    from miniagents.durable._failures import decode_failure, encode_failure
+
+    error = APIStatusError(
+        f"invalid key {API_KEY}",
+        status=401,
+        request_id=f"req-{API_KEY}",
+        provider="openai",
+        retry_after=2.0,
+        rate_limit_headers={"x-ratelimit-note": f"for {API_KEY}"},
+    )
+    marker = encode_failure(error, (API_KEY,))
+    assert API_KEY not in repr(marker)
+    assert marker["status"] == 401 and marker["retry_after"] == 2.0
+    replayed = decode_failure(marker)
+    assert type(replayed) is APIStatusError and replayed.status == 401
+    assert "<redacted>" in replayed.message and API_KEY not in str(replayed)
+    assert API_KEY in error.message  # the original is the LLM layer's to redact
+
+
+def test_an_exchange_request_carries_its_secrets_out_of_its_repr_digest_and_equality() -> None:
+    from miniagents.llms._exchange import ExchangeRequest
+
+    with_key = ExchangeRequest("openai", "http://127.0.0.1/v1", b"{}", (API_KEY,))
+    assert API_KEY not in repr(with_key)
+    assert with_key == ExchangeRequest("openai", "http://127.0.0.1/v1", b"{}")
+    assert with_key.digest == ExchangeRequest("openai", "http://127.0.0.1/v1", b"{}").digest
