@@ -82,7 +82,8 @@ def bench(session: nox.Session) -> None:
     """All benchmarks (`-- --quick` for a smoke run of each).
 
     W1-W6 vs upstream miniagents 0.0.35, a raw-anyio floor and the openai client (`run.py`, ~9 min; rewrites
-    docs/benchmarks.md and its chart after a full run), then persistence (store on/off), rate limits
+    docs/benchmarks.md and its chart after a full run), then W5's ceiling (replay against a bare async-for over
+    an async generator), persistence (store on/off), rate limits
     (acquire cost, limited throughput), tracing (off / unconfigured / SDK vs the runtime before the hook) and
     the persistence soak (1M calls through one open context with SQLiteStore: RSS flat, rows exact; a few
     minutes; 20,000 calls under --quick), and call-chain depth (complete / cancel cost at depth 10 to 5,000 on
@@ -93,6 +94,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench,test,durable]")
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/bench_replay_ceiling.py", *(["--reps", "3"] if quick else []))
     session.run("python", "benchmarks/bench_persistence.py")
     session.run("python", "benchmarks/bench_limits.py", *(["--calls", "2000"] if quick else []))
     session.run("python", "benchmarks/bench_tracing.py", *quick)
