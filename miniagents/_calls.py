@@ -443,7 +443,7 @@ class AgentCall:
             if self._observations is not None:
                 self._observe_running()
             # The call's task group is its cancel scope too: cancel() and failures cancel it.
-            async with open_call_group(self.context._native_trio, self.context._spawn) as tg:
+            async with open_call_group(self.context._native_trio, self.context._spawn_in_calls_group) as tg:
                 self._tg = tg
                 self._accepts_children = True
                 try:

@@ -45,6 +45,7 @@ from miniagents._messages import _CONTENT_ONLY_PREFIX, Message, set_persisted_in
 from miniagents._observe import CallObserver, resolve_observers
 from miniagents._records import CallRecord
 from miniagents._scope import (
+    ScopedChildGroup,
     TaskGroupLike,
     _enclosing_group,
     current_call,
@@ -256,6 +257,7 @@ class MiniAgents:
         self._active = False
         self._stack: AsyncExitStack | None = None
         self._calls_tg: TaskGroupLike | None = None
+        self._root_group: ScopedChildGroup | None = None  # asyncio: the root calls' group (see _spawn)
         self._service_tg: TaskGroupLike | None = None
         self._services_stop: anyio.Event | None = None
         self._native_trio = False
@@ -408,11 +410,37 @@ class MiniAgents:
     _accepts_children = True
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Start an internal task in the calls group."""
+        """Start an internal task (a root call, a pump, a resolver) of the context.
+
+        On asyncio it is a child of the context's root group (see :class:`ScopedChildGroup`), while the block
+        runs; on trio, and during the rest of the exit, a task of the calls group.  Either way the block waits
+        for it and a cancellation of the block reaches it.
+        """
+        root = self._root_group
+        if root is not None:
+            root.start_soon(fn, *args)
+            return
+        tg = self._calls_tg  # _spawn_in_calls_group, inlined: every root call on trio comes here
+        if tg is None:
+            raise NoActiveContextError("this MiniAgents context is not active")
+        tg.start_soon(fn, *args)
+
+    def _spawn_in_calls_group(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start a task of the calls group itself (the watchers of asyncio call groups)."""
         tg = self._calls_tg
         if tg is None:
             raise NoActiveContextError("this MiniAgents context is not active")
         tg.start_soon(fn, *args)
+
+    def _cancel_calls(self) -> None:
+        """Cancel every call and internal task of the context, those started later included."""
+        if self._calls_tg is not None:
+            self._calls_tg.cancel_scope.cancel()
+        if self._root_group is not None:
+            self._root_group._cancel_children()
+
+    def _drop_root_group(self) -> None:
+        self._root_group = None
 
     def start_service(self, fn: Callable[[anyio.Event], Awaitable[None]]) -> None:
         """Run ``await fn(stop)`` in the context's service group, next to the persistence worker.
@@ -665,6 +693,11 @@ class MiniAgents:
             self._service_tg, self._services_stop = service_tg, anyio.Event()
             stack.callback(self._stop_services)
             self._calls_tg = await stack.enter_async_context(open_task_group(self._native_trio))
+            if not self._native_trio:
+                stack.callback(self._drop_root_group)  # after it exited: later tasks go to the calls group
+                self._root_group = await stack.enter_async_context(
+                    ScopedChildGroup(self._spawn_in_calls_group, watched=True)
+                )
             stack.callback(self._finish_open_inputs)
             # Cancelled only by a KeyboardInterrupt or SystemExit escaping an agent (see _fatal_error).
             self._body_scope = stack.enter_context(anyio.CancelScope())
@@ -690,7 +723,7 @@ class MiniAgents:
         if body_failed:
             # An error in the body ends the block: cancel every call it started (as a nursery does), wait
             # for them, and re-raise the error itself rather than wrapped in the task groups' exception groups.
-            self._calls_tg.cancel_scope.cancel()
+            self._cancel_calls()
             exc_type, exc, tb = None, None, None
         raised: BaseException | None = exc
         try:
@@ -705,7 +738,7 @@ class MiniAgents:
             current_call.reset(call_token)
             self._tokens = None
             self._stack = None
-            self._calls_tg = None
+            self._calls_tg = self._root_group = None
             self._service_tg = self._services_stop = None
             self._body_scope = None
             self._active = False
@@ -771,8 +804,7 @@ class MiniAgents:
         """
         if self._fatal is None:
             self._fatal = error
-        if self._calls_tg is not None:
-            self._calls_tg.cancel_scope.cancel()
+        self._cancel_calls()
         if self._body_scope is not None:
             self._body_scope.cancel()
 

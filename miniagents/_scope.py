@@ -188,6 +188,12 @@ class ScopedChildGroup:
     * a child that was cancelled makes ``__aexit__`` a cancellation point, as the cancelled child's exception
       makes a nursery's exit raise.
 
+    The ``MiniAgents`` context on asyncio opens one too, around its block (*watched*: it keeps a watcher in
+    the calls group whatever task opens it): its children are the root calls and the context's other internal
+    tasks, so a root call costs an asyncio task rather than a task of anyio's group (a task handle, a cancel
+    scope, two events and a wrapper coroutine each), and the root calls' own groups nest in it (cancelling it
+    reaches them through ``_subgroups``, without a watcher per call).
+
     Depth costs are linear: cancelling reaches the groups below through an explicit stack (no recursion), and
     the children are outside anyio's scope tree, whose cancellation re-walks every task below a cancelled scope
     on every event-loop round until they have all finished (a chain N deep unwinds in N rounds: N² work).
@@ -205,11 +211,12 @@ class ScopedChildGroup:
         "_spawn",
         "_subgroups",
         "_visible",
+        "_watched",
         "cancelled",
         "host_scope",
     )
 
-    def __init__(self, spawn: Callable[..., None]) -> None:
+    def __init__(self, spawn: Callable[..., None], *, watched: bool = False) -> None:
         self._spawn = spawn  # the context's calls group: for the watcher
         self.host_scope = anyio.CancelScope()
         self._child_scopes: set[anyio.CancelScope] = set()
@@ -222,7 +229,8 @@ class ScopedChildGroup:
         self._subgroups: set[ScopedChildGroup] | None = None
         # Whether this group's task is in anyio's scope tree (a task of the calls group, not a child of a
         # group), and the event that ends its watcher (created with the watcher, by the first child).
-        self._visible = False
+        self._visible = watched
+        self._watched = watched
         self._ended: anyio.Event | None = None
 
     # TaskGroupLike: the group is its own cancel scope.
@@ -316,7 +324,7 @@ class ScopedChildGroup:
             await idle.wait()
 
     async def __aenter__(self) -> ScopedChildGroup:
-        self._visible = asyncio.current_task() not in _child_tasks
+        self._visible = self._watched or asyncio.current_task() not in _child_tasks
         parent = _enclosing_group.get()
         if parent is not None and parent._running:  # (none running: a stale context, not a child of it)
             self._parent = parent
