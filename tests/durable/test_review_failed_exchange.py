@@ -92,3 +92,26 @@ async def test_a_mid_stream_error_event_echoing_the_key_is_not_recorded_with_the
     data = await anyio.to_thread.run_sync(database_text, database, tmp_path)
     assert b"upstream rejected key" in data  # the failure is recorded
     assert API_KEY.encode() not in data
+
+
+def test_a_key_in_a_query_parameter_echoed_percent_encoded_is_redacted_from_the_marker_and_the_error() -> (
+    None
+):
+    """A server echoes the request URL in its error: a key with ``+``, ``/``, ``=`` (base64-like) appears there
+    percent-encoded, not as the secret itself."""
+    from urllib.parse import quote, quote_plus
+
+    from miniagents.durable._failures import encode_failure
+    from miniagents.llms import APIStatusError
+    from miniagents.llms._http import request_secrets
+
+    key = "k3y+with/slash=="
+    url = f"http://127.0.0.1/v1/chat/completions?api-key={quote(key, safe='')}"
+    secrets = request_secrets(url, {}, "")
+    assert secrets == (key,)
+    for echoed in (quote(key, safe=""), quote(key), quote_plus(key, safe="")):
+        error = APIStatusError(f"invalid URL ...?api-key={echoed}", status=401, request_id=f"r-{echoed}")
+        marker = encode_failure(error, secrets)
+        assert echoed not in repr(marker) and "<redacted>" in marker["message"]
+        error.redact(secrets)
+        assert echoed not in str(error) and echoed not in repr(error)
