@@ -519,19 +519,49 @@ class _ExtraField:
         if message is None:
             # On the class it is not there: ``hasattr(Message, name)`` stays what it was before any message used
             # the name (and a subclass that declares the name as a field or method is not taken to shadow it).
-            owner_name = getattr(owner, "__name__", "Message")
-            raise AttributeError(
-                f"type object {owner_name!r} has no attribute {self.name!r}", name=self.name, obj=owner
-            )
+            found = _inherited_past_message(owner, self.name, None)
+            if found is _NOT_INHERITED:
+                owner_name = getattr(owner, "__name__", "Message")
+                raise AttributeError(
+                    f"type object {owner_name!r} has no attribute {self.name!r}", name=self.name, obj=owner
+                )
+            return found
         try:
             return message._extra[self.name]
         except KeyError:
+            pass
+        found = _inherited_past_message(type(message), self.name, message)
+        if found is _NOT_INHERITED:
             raise AttributeError(
                 f"{type(message).__name__!r} message has no field {self.name!r}", name=self.name, obj=message
-            ) from None
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"<extra field {self.name!r} of messages>"
+
+
+_NOT_INHERITED: Any = object()
+
+
+def _inherited_past_message(owner: type | None, name: str, message: Message | None) -> Any:
+    """*name* as *owner* inherits it from a base after :class:`Message` in its MRO (a mixin), bound to *message*.
+
+    The ``_ExtraField`` on ``Message`` comes before those bases in the MRO, so without this a mixin's method
+    or property named like an extra field of some other message would vanish from every class using it.
+    Returns ``_NOT_INHERITED`` when no such base has the name.
+    """
+    mro: tuple[type, ...] = getattr(owner, "__mro__", ())
+    try:
+        after = mro.index(Message) + 1
+    except ValueError:
+        return _NOT_INHERITED
+    for base in mro[after:]:
+        attribute = base.__dict__.get(name, _NOT_INHERITED)
+        if attribute is not _NOT_INHERITED:
+            get = getattr(type(attribute), "__get__", None)
+            return attribute if get is None else get(attribute, message, owner)
+    return _NOT_INHERITED
 
 
 _MAX_EXTRA_FIELD_NAMES = 4096
@@ -545,8 +575,10 @@ def _expose_extra_fields(names: Iterable[str]) -> None:
                 if "__getattr__" not in Message.__dict__:
                     Message.__getattr__ = _extra_field_fallback  # type: ignore[method-assign]
                 return
-            _exposed_extra_fields.add(name)
+            # The attribute first, then the note that it is there: another thread that sees the note reads the
+            # attribute at once (two threads may both set it: the same descriptor, harmless).
             setattr(Message, name, _ExtraField(name))
+            _exposed_extra_fields.add(name)
 
 
 def _extra_field_fallback(message: Message, name: str) -> Any:

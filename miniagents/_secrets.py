@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 __all__ = [
     "REDACTED",
@@ -79,13 +79,22 @@ def secret_query_values(url: str) -> tuple[str, ...]:
 def redact_text(text: str, secrets: Iterable[str], replacement: str = REDACTED) -> str:
     """Return *text* with every occurrence of the *secrets* replaced by *replacement*.
 
-    Each secret is also found in its escaped forms (as ``repr()`` and JSON write it), since servers echo keys
-    inside quoted strings.  Give the longest secrets first (as :func:`secret_values` returns them).
+    Each secret is also found in its escaped forms (as ``repr()`` and JSON write it, and percent-encoded as in
+    a URL or a form), since servers echo keys inside quoted strings and echo the request URL (a key in a query
+    parameter).  Give the longest secrets first (as :func:`secret_values` returns them).
     """
     for secret in secrets:
         if not secret:
             continue
-        for form in {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}:
+        forms = {
+            secret,
+            repr(secret)[1:-1],
+            json.dumps(secret)[1:-1],
+            quote(secret, safe=""),
+            quote(secret),
+            quote_plus(secret, safe=""),
+        }
+        for form in sorted(forms, key=len, reverse=True):
             if form in text:
                 text = text.replace(form, replacement)
     return text

@@ -393,6 +393,13 @@ def _encode_record(recorded: RecordedResponse, digest: str, failure: dict[str, A
     return json.dumps(data)
 
 
+def _redacted_bytes(body: bytes, secrets: Sequence[str]) -> bytes:
+    """*body* with *secrets* redacted (see ``redact_text``); bytes that are not UTF-8 are kept as they are."""
+    text = body.decode("utf-8", "surrogateescape")
+    redacted = redact_text(text, secrets)
+    return body if redacted == text else redacted.encode("utf-8", "surrogateescape")
+
+
 def _encode_body(body: bytes) -> dict[str, str]:
     try:
         return {"text": body.decode("utf-8")}
@@ -646,6 +653,11 @@ class _StepRecorder:
                 "stream_failed": watched is not None and watched.failed,
             }
             recorded = tee.recorded() if tee is not None else RecordedResponse(0, (), b"")
+            if request.secrets and recorded.body:
+                # The part of the body read before the failure may hold the key too: a mid-stream error event
+                # echoing it.  The adapter parses the redacted bytes on replay, so it raises the error the
+                # agent saw live (whose message the LLM layer redacted the same way).
+                recorded = attrs.evolve(recorded, body=_redacted_bytes(recorded.body, request.secrets))
             text = _encode_record(recorded, request.digest, failure)
         except Exception:  # pragma: no cover - a marker that cannot be encoded: record nothing
             abandon()
