@@ -18,6 +18,7 @@ import anyio
 
 from miniagents import MiniAgents
 from miniagents.durable import DurableRuntime
+from miniagents.testing import RecordedRequest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -189,3 +190,8 @@ async def interrupted(
             while not until():
                 await anyio.sleep(0.01)
     return raised
+
+
+def last_content(request: RecordedRequest) -> str:
+    """The content of the last message of a recorded Chat Completions request (the question it asked)."""
+    return str(request.json["messages"][-1]["content"])

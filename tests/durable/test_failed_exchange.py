@@ -10,12 +10,12 @@ from __future__ import annotations
 import collections
 import itertools
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
-from durable_helpers import database_text, interrupted
+from durable_helpers import database_text, interrupted, last_content
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,18 +52,6 @@ async def _retrying(ctx: InteractionContext, base_url: str, n: int = 2, attempts
 
 
 retrying = durable(_retrying)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dbos.db'}"
-    else:
-        yield request.getfixturevalue("postgres_url")
-
-
-def last_content(request: RecordedRequest) -> str:
-    return str(request.json["messages"][-1]["content"])
 
 
 #: How the server answers the k-th request of one question: "ok", "500", "429", "echo" (a 401 quoting the key),

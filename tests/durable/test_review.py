@@ -7,12 +7,12 @@ id) recovers it.  Each test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from durable_helpers import database_text, interrupted
+from durable_helpers import database_text, interrupted, last_content
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,18 +32,6 @@ pytestmark = pytest.mark.anyio
 API_KEY = "sk-review-durable-secret-key-0123456789"
 
 plain_llm = openai_agent.fork(alias="rv_plain_llm", model="fake-model", api_key=API_KEY)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dbos.db'}"
-    else:
-        yield request.getfixturevalue("postgres_url")
-
-
-def last_content(request: RecordedRequest) -> str:
-    return str(request.json["messages"][-1]["content"])
 
 
 # -- replay ---------------------------------------------------------------------------------------------------

@@ -5,12 +5,11 @@ Each async test runs on both anyio backends, on SQLite (and PostgreSQL with ``MI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from durable_helpers import database_text, interrupted
+from durable_helpers import database_text, interrupted, last_content
 
 from miniagents import InteractionContext, MiniAgents, miniagent
 from miniagents.durable import DurableRuntime, durable
@@ -35,18 +34,6 @@ async def _two(ctx: InteractionContext, base_url: str) -> None:
 
 
 two = durable(_two)
-
-
-def last_content(request: RecordedRequest) -> str:
-    return str(request.json["messages"][-1]["content"])
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dbos.db'}"
-    else:
-        yield request.getfixturevalue("postgres_url")
 
 
 async def test_a_mid_stream_error_event_echoing_the_key_is_not_recorded_with_the_key(
