@@ -227,8 +227,8 @@ class ScopedChildGroup:
         # The group whose child runs this group's task, and the groups opened by this group's children.
         self._parent: ScopedChildGroup | None = None
         self._subgroups: set[ScopedChildGroup] | None = None
-        # Whether this group's task is in anyio's scope tree (a task of the calls group, not a child of a
-        # group), and the event that ends its watcher (created with the watcher, by the first child).
+        # Whether this group keeps a watcher (its task is in anyio's scope tree: a task of the calls group, not
+        # a child of a group; or it is *watched*), and the event that ends the watcher (made by the first child).
         self._visible = watched
         self._watched = watched
         self._ended: anyio.Event | None = None
