@@ -137,7 +137,9 @@ class Message:
     """An immutable message.
 
     ``Message(content="hi", role="user", tags=["a"])`` keeps ``role`` and ``tags`` as extra fields, reachable
-    as attributes (``msg.tags == ("a",)``).  Subclasses declare typed fields the attrs way::
+    as attributes (``msg.tags == ("a",)``).  They may also be given as a mapping, ``extra={"role": "user"}``,
+    as every message class takes them (so ``attrs.evolve`` keeps them); ``extra`` itself is not a field name.
+    Subclasses declare typed fields the attrs way::
 
         @attrs.frozen(kw_only=True)
         class Note(Message):
@@ -170,6 +172,8 @@ class Message:
             content = _positional_content(type(self), args, content is not _NO_CONTENT)
         elif content is _NO_CONTENT:
             content = ""
+        if extra and "extra" in extra:
+            extra = _merged_extras(type(self), extra)
         self.__attrs_init__(content=content, extra=_frozen_extras(type(self), extra) if extra else EMPTY)
 
     def __attrs_post_init__(self) -> None:
@@ -466,7 +470,7 @@ def build_message(cls: type[_M], content: str, fields: dict[str, Any]) -> _M:
     ``__init__`` take declared fields as keywords and the rest as ``extra=``.
     """
     if cls.__init__ is Message.__init__:
-        return cls(content=content, **fields)
+        return cls(content=content, extra=fields) if fields else cls(content=content)
     declared = _declared_fields(cls)
     own = {k: v for k, v in fields.items() if k in declared}
     if len(own) != len(fields):
@@ -482,6 +486,26 @@ def _declared_fields(cls: type[Message]) -> tuple[str, ...]:
     return names
 
 
+def _merged_extras(cls: type[Message], keywords: dict[str, Any]) -> dict[str, Any]:
+    """The extra fields of ``cls(..., extra={...}, **keywords)``, the mapping and the keywords together.
+
+    ``extra=`` holds a mapping of extra fields, as it does for subclasses with an attrs ``__init__`` (and as
+    ``attrs.evolve`` passes them); a name in both raises ``TypeError``.
+    """
+    keywords = dict(keywords)
+    mapping = keywords.pop("extra")
+    if mapping is None:
+        return keywords
+    if not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"{cls.__name__}: extra= takes a mapping of field names to values, got {type(mapping).__name__}"
+        )
+    both = sorted(set(mapping) & set(keywords))
+    if both:
+        raise TypeError(f"{cls.__name__}: extra field(s) {both} given both as keywords and in extra=")
+    return {**mapping, **keywords}
+
+
 def _frozen_extras(cls: type[Message], values: Mapping[str, Any]) -> FrozenDict[str, Any]:
     """Check the names of the extra fields *values* for *cls*, freeze the values and expose the names."""
     for name in values:
@@ -492,8 +516,17 @@ def _frozen_extras(cls: type[Message], values: Mapping[str, Any]) -> FrozenDict[
 
 
 def _check_extra_name(cls: type[Message], name: str) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or keyword.iskeyword(name)
+        or name.startswith("_")
+    ):
         raise TypeError(f"{cls.__name__}: {name!r} is not a valid field name")
+    if name == "extra":
+        raise TypeError(
+            f"{cls.__name__}: 'extra' is not a field name: extra= takes the mapping of extra fields"
+        )
     if hasattr(cls, name):
         raise TypeError(f"{cls.__name__}: field {name!r} would shadow {cls.__name__}.{name}")
 

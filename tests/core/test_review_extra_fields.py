@@ -107,11 +107,25 @@ def test_a_message_built_while_another_thread_exposes_the_same_name_reads_its_fi
     assert read == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attrs.evolve passes extra=<the extras> to Message.__init__, which takes it as one extra field "
-    "named 'extra' (older than the descriptors; a subclass with an attrs __init__ is not affected)",
-)
 def test_attrs_evolve_of_a_message_with_extra_fields_keeps_them() -> None:
     evolved = attrs.evolve(Message(content="hi", role="user"), content="x")
     assert evolved == Message(content="x", role="user")
+    assert attrs.evolve(TextMessage(content="a", n=1), content="b") == TextMessage(content="b", n=1)
+    assert attrs.evolve(Message(content="hi"), content="x") == Message(content="x")
+
+
+def test_extra_fields_given_as_a_mapping_are_the_fields_given_as_keywords() -> None:
+    assert Message(content="x", extra={"role": "user"}) == Message(content="x", role="user")
+    assert Message("x", extra={"role": "user"}, n=1).fields() == {"content": "x", "role": "user", "n": 1}
+    assert Message(content="x", extra={}) == Message(content="x")
+    with pytest.raises(TypeError, match=r"\['role'\] given both"):
+        Message(content="x", extra={"role": "user"}, role="admin")
+    with pytest.raises(TypeError, match="extra= takes a mapping"):
+        Message(content="x", extra=["role"])
+
+
+def test_extra_is_not_a_field_name_anywhere() -> None:
+    with pytest.raises(TypeError, match="'extra' is not a field name"):
+        Message(content="x", extra={"extra": 1})
+    with pytest.raises(TypeError, match="'extra' is not a field name"):
+        Message.from_dict({"class": "miniagents._messages:Message", "content": "x", "extra": {"a": 1}})
