@@ -195,11 +195,7 @@ class Message:
         if extra is not EMPTY and type(self).__init__ is not Message.__init__:
             # A subclass with an attrs-generated __init__ got ``extra=`` as given: a plain mapping, maybe an
             # empty one (which must become EMPTY too, not stay a mutable, unhashable dict).
-            if not isinstance(extra, Mapping):
-                raise TypeError(
-                    f"{type(self).__name__}: extra= takes a mapping of field names to values, "
-                    f"got {type(extra).__name__}"
-                )
+            _check_extra_mapping(type(self), extra)
             object.__setattr__(self, "_extra", _frozen_extras(type(self), dict(extra)) if extra else EMPTY)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -496,14 +492,18 @@ def _merged_extras(cls: type[Message], keywords: dict[str, Any]) -> dict[str, An
     mapping = keywords.pop("extra")
     if mapping is None:
         return keywords
-    if not isinstance(mapping, Mapping):
-        raise TypeError(
-            f"{cls.__name__}: extra= takes a mapping of field names to values, got {type(mapping).__name__}"
-        )
+    _check_extra_mapping(cls, mapping)
     both = sorted(set(mapping) & set(keywords))
     if both:
         raise TypeError(f"{cls.__name__}: extra field(s) {both} given both as keywords and in extra=")
     return {**mapping, **keywords}
+
+
+def _check_extra_mapping(cls: type[Message], value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{cls.__name__}: extra= takes a mapping of field names to values, got {type(value).__name__}"
+        )
 
 
 def _frozen_extras(cls: type[Message], values: Mapping[str, Any]) -> FrozenDict[str, Any]:
