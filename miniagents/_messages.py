@@ -511,7 +511,7 @@ def _frozen_extras(cls: type[Message], values: Mapping[str, Any]) -> FrozenDict[
     for name in values:
         _check_extra_name(cls, name)
     frozen = FrozenDict({name: freeze(value, name) for name, value in values.items()})
-    _expose_extra_fields(frozen)
+    _expose_extra_fields(frozen)  # only once the values froze: a failed construction leaves no attribute
     return frozen
 
 
@@ -565,9 +565,7 @@ class _ExtraField:
             pass
         found = _inherited_past_message(type(message), self.name, message)
         if found is _NOT_INHERITED:
-            raise AttributeError(
-                f"{type(message).__name__!r} message has no field {self.name!r}", name=self.name, obj=message
-            )
+            raise _no_field(message, self.name)
         return found
 
     def __repr__(self) -> str:
@@ -623,9 +621,12 @@ def _extra_field_fallback(message: Message, name: str) -> Any:
     try:
         return extra[name]
     except KeyError:
-        raise AttributeError(
-            f"{type(message).__name__!r} message has no field {name!r}", name=name, obj=message
-        ) from None
+        raise _no_field(message, name) from None
+
+
+def _no_field(message: Message, name: str) -> AttributeError:
+    """The error of reading extra field *name* of a message that has none of that name."""
+    return AttributeError(f"{type(message).__name__!r} message has no field {name!r}", name=name, obj=message)
 
 
 def _iter_messages(value: Any) -> Iterator[Message]:
